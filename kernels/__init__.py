@@ -1,0 +1,40 @@
+"""Pure compute kernels for convscope: no layer names, no model knowledge, no global state.
+
+Data contract (asserted at the backend boundary in ``engine/backend.py``):
+
+* dtype: float32 for every activation, gradient, kernel and bias on the hot path
+  (``reference.py`` also accepts float64, which the gradient checks use).
+* Internal layout: **NHWC**, C-contiguous.  It is also the public layout (Keras'), so no
+  transposes happen at the boundary, and it puts channels innermost, which is what both an
+  im2col + GEMM convolution and a channel-vectorised direct convolution want.
+* Convolution kernels: ``(kh, kw, c_in, c_out)`` applied as cross-correlation (Keras/TensorFlow
+  convention). Loaders convert every other file layout to this one.
+* Dense kernels: ``(n_in, n_out)``; a flattened NHWC tensor is in Keras' ``(h, w, c)`` order.
+* Max-pooling ``argmax``: int32, same shape as the pooled output, holding ``dy * pw + dx``, the
+  position of the maximum inside its window (first maximum wins on ties, as in Keras).
+* ReLU backward modes are the integers below, so that compiled kernels can take them.
+
+Every backend module (``reference``, ``cpu``, ``cuda``) exports the same op names and signatures;
+each op writes into an explicit output buffer and returns it.
+"""
+
+RELU_STANDARD = 0  # d relu: pass the gradient where the forward output was positive
+RELU_GUIDED = 1  # guided backprop: ... and only where the incoming gradient is positive
+RELU_DECONV = 2  # deconvnet: only where the incoming gradient is positive, ignoring the forward
+
+RELU_MODES = {"standard": RELU_STANDARD, "guided": RELU_GUIDED, "deconv": RELU_DECONV}
+
+OP_NAMES = (
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "relu_forward",
+    "relu_backward",
+    "maxpool_forward",
+    "maxpool_backward",
+    "dense_forward",
+    "dense_backward_input",
+    "softmax_forward",
+    "softmax_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+)
