@@ -1,0 +1,113 @@
+"""The one place that picks a compute backend and moves arrays between host and device.
+
+A ``Backend`` bundles a kernel module (``kernels.cpu``, ``kernels.cuda`` or the NumPy oracle
+``kernels.reference``) with allocation and transfer helpers. Everything above this module calls
+``backend.ops.<op>`` and never asks which device it is on.
+
+Arrays crossing the boundary are checked against the data contract of ``kernels/__init__.py``:
+float32, C-contiguous, NHWC (4-D) for images and activations.
+"""
+
+import importlib
+
+import numpy as np
+
+from engine.errors import ConvscopeError
+
+DEVICES = ("cpu", "cuda", "auto", "reference")
+
+CUDA_INSTALL_HINT = 'install the CUDA extra with: pip install -e ".[cuda]" (numba-cuda and its CUDA libraries)'
+
+
+class Backend:
+    """Kernels plus host/device memory management for one device."""
+
+    def __init__(self, name: str, ops, dtype=np.float32):
+        self.name = name
+        self.ops = ops
+        self.dtype = np.dtype(dtype)  # float32; float64 only for gradient checks on 'reference'
+
+    def __repr__(self):
+        return f"Backend({self.name!r})"
+
+    @property
+    def on_host(self) -> bool:
+        return self.name != "cuda"
+
+    def to_device(self, array) -> "np.ndarray":
+        """A C-contiguous copy (or view, when already so) in this backend's dtype, on its device."""
+        host = np.ascontiguousarray(array, dtype=self.dtype)
+        if self.on_host:
+            return host
+        from numba import cuda
+
+        return cuda.to_device(host)
+
+    def to_host(self, array, copy: bool = True) -> np.ndarray:
+        if self.on_host:
+            return np.array(array, copy=True) if copy else array
+        return array.copy_to_host()
+
+    def empty(self, shape, dtype=None):
+        dtype = self.dtype if dtype is None else dtype
+        if self.on_host:
+            return np.empty(shape, dtype=dtype)
+        from numba import cuda
+
+        return cuda.device_array(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype=None):
+        zeros = np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
+        if self.on_host:
+            return zeros
+        from numba import cuda
+
+        return cuda.to_device(zeros)
+
+    def copy(self, array):
+        """A new array on this device holding the same values."""
+        if self.on_host:
+            return array.copy()
+        from numba import cuda
+
+        out = cuda.device_array_like(array)
+        out.copy_to_device(array)
+        return out
+
+    def accumulate(self, total, addend):
+        """total += addend, elementwise, in place on this device."""
+        if self.on_host:
+            np.add(total, addend, out=total)
+        else:
+            self.ops.axpy(1.0, addend, total)
+        return total
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason): whether the CUDA backend can run here, and why not when it cannot."""
+    try:
+        cuda_kernels = importlib.import_module("kernels.cuda")
+    except ImportError as exc:
+        return False, f"the CUDA backend is not installed ({exc}); {CUDA_INSTALL_HINT}"
+    try:
+        if cuda_kernels.is_available():
+            return True, ""
+    except Exception as exc:  # a broken driver must not crash device selection
+        return False, f"CUDA is not usable here: {exc}"
+    return False, "no usable NVIDIA GPU or CUDA driver was found (numba.cuda.is_available() is False)"
+
+
+def get_backend(device: str = "cpu") -> Backend:
+    """Backend for 'cpu', 'cuda', 'auto' (CUDA when usable, else CPU) or 'reference' (NumPy)."""
+    if isinstance(device, Backend):
+        return device
+    if device not in DEVICES:
+        raise ConvscopeError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        device = "cuda" if cuda_status()[0] else "cpu"
+    if device == "cuda":
+        usable, reason = cuda_status()
+        if not usable:
+            raise ConvscopeError(f"--device cuda: {reason}")
+        return Backend("cuda", importlib.import_module("kernels.cuda"))
+    return Backend(device, importlib.import_module(f"kernels.{device}"))

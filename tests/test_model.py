@@ -1,0 +1,175 @@
+"""The model's wiring: forward through the layer table and backward with injected gradients.
+
+A small network with every layer kind and activation (valid and even-sized 'same' convolutions,
+pooling, flatten, dropout, dense with relu/sigmoid/softmax) runs on the NumPy reference backend
+in float64, so its input gradients can be checked against central finite differences tightly.
+The same network on the CPU backend must match the reference in float32.
+"""
+
+import numpy as np
+import pytest
+
+from engine.backend import Backend
+from engine.errors import ConvscopeError
+from engine.model import Model
+from engine.spec import LayerSpec, NetworkSpec
+from kernels import reference
+from tests.synthetic import uniform
+
+
+def small_spec(last_activation="softmax"):
+    def conv(name, k, cin, cout, padding, activation):
+        kernel = uniform(3, name + "k", (k, k, cin, cout), -0.6, 0.6)
+        return LayerSpec(name, "conv2d", activation, kernel, uniform(3, name + "b", (cout,), -0.1, 0.1), padding)
+
+    def dense(name, n_in, n_out, activation):
+        return LayerSpec(
+            name, "dense", activation, uniform(3, name + "k", (n_in, n_out), -0.3, 0.3),
+            uniform(3, name + "b", (n_out,), -0.1, 0.1),
+        )
+
+    layers = [
+        conv("c1", 3, 2, 4, "valid", "relu"),  # 9x8 -> 7x6
+        conv("c2", 4, 4, 3, "same", "relu"),  # even kernel, asymmetric 'same' padding
+        LayerSpec("p1", "maxpool2d", pool_size=(2, 2)),  # 7x6 -> 3x3 (floor)
+        conv("c3", 2, 3, 3, "same", "sigmoid"),
+        LayerSpec("flat", "flatten"),
+        dense("d1", 27, 6, "relu"),
+        LayerSpec("drop", "dropout"),
+        dense("out", 6, 4, last_activation),
+    ]
+    return NetworkSpec(layers, (None, None, 2))
+
+
+def model64(spec=None):
+    return Model(spec or small_spec(), device=Backend("reference", reference, np.float64))
+
+
+def x_input(n=2):
+    return uniform(4, "x", (n, 9, 8, 2), -1, 1).astype(np.float64)
+
+
+def finite_difference(model, x, layer, g, eps=1e-6):
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for j in range(flat.size):
+        saved = flat[j]
+        flat[j] = saved + eps
+        up = np.sum(model.forward(x, [layer])[layer] * g)
+        flat[j] = saved - eps
+        down = np.sum(model.forward(x, [layer])[layer] * g)
+        flat[j] = saved
+        gflat[j] = (up - down) / (2 * eps)
+    return grad
+
+
+def rel_err(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("layer", ["c1", "c2", "p1", "c3", "flat", "d1", "out", "logits"])
+def test_input_gradient_matches_finite_differences(layer):
+    model, x = model64(), x_input()
+    shape = model.forward(x, [layer])[layer].shape
+    g = uniform(5, layer, shape, -1, 1).astype(np.float64)
+    analytic = model.input_gradient(x, layer, g)
+    assert analytic.shape == x.shape and np.abs(analytic).max() > 0
+    assert rel_err(analytic, finite_difference(model, x, layer, g)) < 1e-6
+
+
+def test_logits_are_the_pre_softmax_scores():
+    model, x = model64(), x_input()
+    out = model.forward(x, ["logits", "out"])
+    expected = reference.softmax_forward(out["logits"], np.empty_like(out["logits"]))
+    np.testing.assert_allclose(out["out"], expected, rtol=1e-12)
+    assert not np.allclose(out["logits"], out["out"])
+
+
+def test_backward_sums_injections_and_returns_intermediate_gradients():
+    model, x = model64(), x_input()
+    trace = model.trace(x)
+    g_c2 = uniform(6, "g2", trace.output("c2").shape, -1, 1)
+    g_d1 = uniform(6, "gd", trace.output("d1").shape, -1, 1)
+    both = trace.backward({"c2": g_c2, "d1": g_d1}, wrt=("input", "c2"))
+    only_c2 = model.input_gradient(x, "c2", g_c2)
+    only_d1 = model.input_gradient(x, "d1", g_d1)
+    np.testing.assert_allclose(both["input"], only_c2 + only_d1, rtol=1e-10, atol=1e-12)
+    # the gradient at c2's output is g_c2 plus what flows back from d1
+    trace = model.trace(x)
+    from_d1 = trace.backward({"d1": g_d1}, wrt=("c2",))["c2"]
+    np.testing.assert_allclose(both["c2"], from_d1 + g_c2, rtol=1e-10, atol=1e-12)
+
+
+def test_guided_mode_differs_and_matches_its_definition_on_one_relu():
+    spec = small_spec()
+    spec.layers = spec.layers[:1]  # one conv + relu: guided = relu'(y) * max(g, 0) pulled back
+    model, x = model64(spec), x_input()
+    y = model.forward(x, ["c1"])["c1"]
+    g = uniform(7, "g", y.shape, -1, 1).astype(np.float64)
+    guided = model.input_gradient(x, "c1", g, relu="guided")
+    expected = model.input_gradient(x, "c1", np.where(g > 0, g, 0.0))
+    np.testing.assert_allclose(guided, expected, rtol=1e-12)
+    assert rel_err(guided, model.input_gradient(x, "c1", g)) > 0.1
+
+
+def test_cpu_backend_matches_reference():
+    x = x_input(3)
+    ref, cpu = model64(), Model(small_spec(), device="cpu")
+    for layer in ["c2", "p1", "logits", "out"]:
+        a = cpu.forward(x, [layer])[layer]
+        b = ref.forward(x, [layer])[layer]
+        assert a.dtype == np.float32 and rel_err(a, b) < 1e-5
+        g = uniform(8, layer, b.shape, -1, 1)
+        assert rel_err(cpu.input_gradient(x, layer, g), ref.input_gradient(x, layer, g)) < 1e-5
+
+
+def test_forward_returns_copies_that_survive_later_passes():
+    model, x = model64(), x_input()
+    first = model.forward(x, ["c2"])["c2"]
+    kept = first.copy()
+    model.forward(2 * x, ["c2"])
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_stale_trace_is_refused():
+    model, x = model64(), x_input()
+    old = model.trace(x)
+    model.trace(x)
+    with pytest.raises(RuntimeError):
+        old.output("c1")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((1, 3, 3, 2)), "too small"),
+        (np.zeros((1, 9, 8, 3)), "channels"),
+        (np.full((1, 9, 8, 2), np.nan), "NaN"),
+        (np.zeros((1, 12, 12, 2)), "features"),
+    ],
+)
+def test_bad_inputs_get_one_line_errors(bad, message):
+    with pytest.raises(ConvscopeError, match=message) as info:
+        model64().forward(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_layer_and_gradient_shape_errors():
+    model, x = model64(), x_input()
+    with pytest.raises(ConvscopeError, match="unknown layer 'nope'"):
+        model.forward(x, ["nope"])
+    with pytest.raises(ConvscopeError, match="shape"):
+        model.input_gradient(x, "c1", np.zeros((1, 2, 3, 4)))
+    with pytest.raises(ConvscopeError, match="ReLU backward mode"):
+        model.input_gradient(x, "c1", np.zeros((2, 7, 6, 4)), relu="magic")
+
+
+def test_summary_and_minimum_size():
+    model = model64()
+    rows = model.summary((9, 8))
+    assert [r[2] for r in rows] == [(7, 6, 4), (7, 6, 3), (3, 3, 3), (3, 3, 3), (27,), (6,), (6,), (4,)]
+    assert rows[0][3] == 3 * 3 * 2 * 4 + 4
+    assert model.min_input_size() == 4  # valid 3x3 -> 2x2 -> pool -> 1x1
+    assert model.output_shapes((4, 4))[2] == (1, 1, 3)
+    with pytest.raises(ConvscopeError, match="at least 4x4"):
+        model.output_shapes((3, 4))
