@@ -1,0 +1,69 @@
+"""2-D convolution forward and input-gradient on the CPU (NHWC, kernels (kh, kw, Ci, Co)).
+
+The public ops check shapes, bring inputs to C-contiguous arrays of the output's dtype, and hand
+the work to one inner-product *algorithm*: a function ``(x, kernel, bias_or_None, pad, relu,
+out) -> out``. ``choose_algorithm`` picks it from the geometry alone (no global state), so a
+faster one (a direct kernel for tiny channel counts, Winograd F(2x2, 3x3) for VGG's 3x3 layers)
+slots in there without touching the ops or their callers.
+
+The input gradient is the same forward convolution applied to ``grad_out`` with the kernel
+flipped spatially and its channel axes swapped, ``kernel_t[ky, kx, co, ci] = kernel[kh-1-ky,
+kw-1-kx, ci, co]``, and padding ``(kh-1-top, kw-1-left)``; no bias, no ReLU. Every output is
+written, so buffers need not be zeroed by the caller. Stride 1 only.
+"""
+
+import numpy as np
+
+from kernels.cpu._checks import input_like, output_buffer
+from kernels.cpu.im2col import conv_im2col_gemm, conv_pointwise_gemm
+
+
+def choose_algorithm(kernel_shape, pad, in_shape, out_shape):
+    """The inner-product implementation for this geometry."""
+    kh, kw = kernel_shape[:2]
+    if (kh, kw) == (1, 1) and tuple(pad) == (0, 0) and in_shape[1:3] == out_shape[1:3]:
+        return conv_pointwise_gemm
+    return conv_im2col_gemm
+
+
+def _check_geometry(x, kernel, out, x_name, out_name):
+    if kernel.ndim != 4:
+        raise ValueError(f"kernel must be (kh, kw, c_in, c_out), got shape {kernel.shape}")
+    if x.shape[0] != out.shape[0]:
+        raise ValueError(f"{x_name} batch {x.shape[0]} != {out_name} batch {out.shape[0]}")
+    if x.shape[3] != kernel.shape[2] or out.shape[3] != kernel.shape[3]:
+        raise ValueError(
+            f"channels of {x_name} {x.shape}, kernel {kernel.shape} and {out_name} {out.shape} "
+            "do not match"
+        )
+
+
+def conv2d_forward(x, kernel, bias, pad, relu, out):
+    """out = [relu](bias + x (*) kernel); x (N,H,W,Ci), kernel (kh,kw,Ci,Co), out (N,Ho,Wo,Co)."""
+    output_buffer(out, "out", ndim=4)
+    x = input_like(x, out, "x", ndim=4)
+    kernel = input_like(kernel, out, "kernel")
+    _check_geometry(x, kernel, out, "x", "out")
+    bias = input_like(bias, out, "bias", ndim=1)
+    if bias.shape[0] != kernel.shape[3]:
+        raise ValueError(f"bias {bias.shape} does not match c_out = {kernel.shape[3]}")
+    conv = choose_algorithm(kernel.shape, pad, x.shape, out.shape)
+    return conv(x, kernel, bias, pad, bool(relu), out)
+
+
+def flipped_transposed(kernel):
+    """kernel_t[ky, kx, co, ci] = kernel[kh-1-ky, kw-1-kx, ci, co], C-contiguous."""
+    return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
+def conv2d_backward_input(grad_out, kernel, pad, grad_in):
+    """grad_in = d sum(grad_out * conv(x)) / dx (the transposed convolution), before any ReLU."""
+    output_buffer(grad_in, "grad_in", ndim=4)
+    grad_out = input_like(grad_out, grad_in, "grad_out", ndim=4)
+    kernel = input_like(kernel, grad_in, "kernel")
+    _check_geometry(grad_in, kernel, grad_out, "grad_in", "grad_out")
+    kh, kw = kernel.shape[:2]
+    kernel_t = flipped_transposed(kernel)
+    pad_t = (kh - 1 - int(pad[0]), kw - 1 - int(pad[1]))
+    conv = choose_algorithm(kernel_t.shape, pad_t, grad_out.shape, grad_in.shape)
+    return conv(grad_out, kernel_t, None, pad_t, False, grad_in)

@@ -1,0 +1,28 @@
+"""Fused bias (+ReLU) epilogue applied in place to a GEMM result, shared by conv and dense.
+
+``y`` is a (rows, channels) C-contiguous block, usually one chunk of a convolution's output that
+the GEMM has just written and that is still in cache; one parallel pass adds the per-channel bias
+and, when asked, clamps at zero.
+"""
+
+from numba import njit, prange
+
+from kernels.cpu._types import b1, c_array, per_float, types
+
+
+@njit(
+    per_float(lambda f: types.void(c_array(f, 2), c_array(f, 1), b1)),
+    parallel=True,
+    cache=True,
+)
+def bias_relu_inplace(y, bias, relu):
+    rows, channels = y.shape
+    for r in prange(rows):
+        row = y[r]
+        if relu:
+            for c in range(channels):
+                v = row[c] + bias[c]
+                row[c] = 0 if v < 0 else v  # NaN propagates, as with np.maximum
+        else:
+            for c in range(channels):
+                row[c] += bias[c]

@@ -1,0 +1,120 @@
+"""Convolution as im2col + SGEMM, one bounded chunk of output rows at a time.
+
+For a chunk of output rows (rows of all images counted together, ``r = n * Ho + oy``) a parallel
+Numba kernel gathers every receptive field into ``cols`` (chunk_rows * Wo, kh * kw * Ci), whose
+column order (ky, kx, ci) matches ``kernel.reshape(kh * kw * Ci, Co)``; NumPy's BLAS then writes
+``cols @ kernel2d`` straight into that chunk of ``out`` (a contiguous view of the NHWC output),
+and the fused bias(+ReLU) epilogue runs while the chunk is still in cache. The workspace is
+bounded (``WORKSPACE_BYTES``) and reused across chunks, so memory stays flat for any image size
+or batch. Taps that fall outside the input read zero, so any ``pad`` (top, left) and any output
+size work, as in ``kernels/reference.py``.
+
+A 1x1 convolution over an unpadded, same-sized output needs no gather at all: its ``cols`` is
+the input itself, viewed as (N*H*W, Ci).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.cpu._types import c_array, i64, per_float, types
+from kernels.cpu.epilogue import bias_relu_inplace
+
+# Bytes of the im2col buffer per call; large enough that BLAS sees a tall matrix, small enough
+# to stay near the last-level cache (see benchmarks/kernel_sanity.py for the measurement).
+WORKSPACE_BYTES = 8 << 20
+
+
+@njit(
+    per_float(
+        lambda f: types.void(c_array(f, 4), i64, i64, i64, i64, i64, i64, i64, c_array(f, 2))
+    ),
+    parallel=True,
+    cache=True,
+)
+def im2col_rows(x, kh, kw, top, left, row0, ho, wo, cols):
+    """cols[p, (ky*kw + kx)*ci + c] = x[n, oy+ky-top, ox+kx-left, c], zero outside the input.
+
+    Pixel p of the chunk is output row ``row0 + p // wo`` (counted over all images), column
+    ``p % wo``. For one (pixel, ky) the valid taps kx0 <= kx < kx1 read one contiguous run of
+    (kx1 - kx0) * ci values of the input row, so the copy is a straight memcpy-like loop.
+    """
+    _, h, w, ci = x.shape
+    n_pix = cols.shape[0]
+    flat = x.reshape(-1)
+    run = kw * ci
+    for p in prange(n_pix):
+        r = row0 + p // wo
+        ox = p % wo
+        n = r // ho
+        oy = r - n * ho
+        kx0 = min(kw, max(0, left - ox))
+        kx1 = max(kx0, min(kw, w + left - ox))
+        dst = cols[p]
+        for ky in range(kh):
+            iy = oy + ky - top
+            base = ky * run
+            if iy < 0 or iy >= h:
+                for j in range(run):
+                    dst[base + j] = 0
+                continue
+            for j in range(kx0 * ci):
+                dst[base + j] = 0
+            src = ((n * h + iy) * w + ox + kx0 - left) * ci
+            for j in range((kx1 - kx0) * ci):
+                dst[base + kx0 * ci + j] = flat[src + j]
+            for j in range(kx1 * ci, run):
+                dst[base + j] = 0
+
+
+def _gemm_epilogue(cols, kernel2d, bias, relu, out_chunk):
+    np.matmul(cols, kernel2d, out=out_chunk)
+    if bias is not None:
+        bias_relu_inplace(out_chunk, bias, relu)
+    elif relu:
+        np.maximum(out_chunk, 0, out=out_chunk)
+
+
+def _chunk_rows(total_rows, bytes_per_row):
+    """Rows per chunk: within the workspace budget, and balanced so the last chunk is not tiny."""
+    rows = max(1, min(total_rows, WORKSPACE_BYTES // max(1, bytes_per_row)))
+    n_chunks = -(-total_rows // rows)
+    return -(-total_rows // n_chunks)
+
+
+def conv_im2col_gemm(x, kernel, bias, pad, relu, out):
+    """out = [relu](bias + x (*) kernel) with C-contiguous arrays of one dtype; bias may be None."""
+    n, _, _, ci = x.shape
+    kh, kw, _, co = kernel.shape
+    _, ho, wo, _ = out.shape
+    k = kh * kw * ci
+    total_rows = n * ho
+    if total_rows == 0 or wo == 0:
+        return out
+    kernel2d = kernel.reshape(k, co)
+    out2d = out.reshape(total_rows * wo, co)
+    rows = _chunk_rows(total_rows, wo * k * out.itemsize)
+    workspace = np.empty((rows * wo, k), dtype=out.dtype)
+    top, left = int(pad[0]), int(pad[1])
+    for r0 in range(0, total_rows, rows):
+        r1 = min(total_rows, r0 + rows)
+        cols = workspace[: (r1 - r0) * wo]
+        im2col_rows(x, kh, kw, top, left, r0, ho, wo, cols)
+        _gemm_epilogue(cols, kernel2d, bias, relu, out2d[r0 * wo : r1 * wo])
+    return out
+
+
+def conv_pointwise_gemm(x, kernel, bias, pad, relu, out):
+    """A 1x1, unpadded, same-size convolution: a plain GEMM over pixels, chunked for the epilogue."""
+    n, h, w, ci = x.shape
+    co = kernel.shape[3]
+    pixels = n * h * w
+    if pixels == 0:
+        return out
+    x2d = x.reshape(pixels, ci)
+    out2d = out.reshape(pixels, co)
+    kernel2d = kernel.reshape(ci, co)
+    step = _chunk_rows(pixels, (ci + co) * out.itemsize)
+    for p0 in range(0, pixels, step):
+        p1 = min(pixels, p0 + step)
+        _gemm_epilogue(x2d[p0:p1], kernel2d, bias, relu, out2d[p0:p1])
+    return out

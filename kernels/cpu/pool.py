@@ -1,0 +1,104 @@
+"""Non-overlapping max-pooling (stride = pool, 'valid', floor for odd sizes) and its backward.
+
+The forward records ``argmax = dy * pw + dx`` (int32, shape of the pooled output), the first
+maximum of each window winning ties, as Keras does; the backward routes each pooled gradient to
+that position. Both run in parallel over (image, pooled row): those own disjoint bands of input
+rows, so the backward's scatter has no races. Channels are the innermost loop (NHWC), so each
+comparison and copy runs over contiguous memory.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.cpu._checks import input_like, output_buffer
+from kernels.cpu._types import c_array, i64, per_float, types
+
+_int32_4d = c_array(types.int32, 4)
+
+
+@njit(
+    per_float(lambda f: types.void(c_array(f, 4), i64, i64, c_array(f, 4), _int32_4d)),
+    parallel=True,
+    cache=True,
+)
+def _maxpool_forward(x, ph, pw, out, argmax):
+    n, ho, wo, c = out.shape
+    for job in prange(n * ho):
+        b = job // ho
+        oy = job - b * ho
+        for ox in range(wo):
+            best = out[b, oy, ox]
+            where = argmax[b, oy, ox]
+            first = x[b, oy * ph, ox * pw]
+            for ch in range(c):
+                best[ch] = first[ch]
+                where[ch] = 0
+            for dy in range(ph):
+                for dx in range(pw):
+                    if dy == 0 and dx == 0:
+                        continue
+                    cand = x[b, oy * ph + dy, ox * pw + dx]
+                    k = dy * pw + dx
+                    for ch in range(c):
+                        if cand[ch] > best[ch]:  # strict: the first maximum wins ties
+                            best[ch] = cand[ch]
+                            where[ch] = k
+
+
+@njit(
+    per_float(lambda f: types.void(c_array(f, 4), _int32_4d, i64, i64, c_array(f, 4))),
+    parallel=True,
+    cache=True,
+)
+def _maxpool_backward(grad_out, argmax, ph, pw, grad_in):
+    n, ho, wo, c = grad_out.shape
+    h = grad_in.shape[1]
+    for job in prange(n * ho):
+        b = job // ho
+        oy = job - b * ho
+        # this job owns input rows [oy*ph, (oy+1)*ph), plus the floor remainder for the last row
+        y_end = h if oy == ho - 1 else (oy + 1) * ph
+        grad_in[b, oy * ph : y_end] = 0
+        for ox in range(wo):
+            g = grad_out[b, oy, ox]
+            k = argmax[b, oy, ox]
+            for ch in range(c):
+                dy = k[ch] // pw
+                dx = k[ch] - dy * pw
+                grad_in[b, oy * ph + dy, ox * pw + dx, ch] = g[ch]
+
+
+def _pooled_shape_ok(x_shape, pool, out_shape):
+    n, h, w, c = x_shape
+    ph, pw = pool
+    return ph >= 1 and pw >= 1 and tuple(out_shape) == (n, h // ph, w // pw, c)
+
+
+def maxpool_forward(x, pool, out, argmax):
+    """Non-overlapping pool (stride = pool, 'valid'); argmax = dy * pw + dx of the first maximum."""
+    output_buffer(out, "out", ndim=4)
+    x = input_like(x, out, "x", ndim=4)
+    ph, pw = int(pool[0]), int(pool[1])
+    if not _pooled_shape_ok(x.shape, (ph, pw), out.shape):
+        raise ValueError(f"out {out.shape} is not x {x.shape} pooled by {(ph, pw)}")
+    if argmax.shape != out.shape or argmax.dtype != np.int32 or not argmax.flags.c_contiguous:
+        raise ValueError(f"argmax must be a C-contiguous int32 array of shape {out.shape}")
+    _maxpool_forward(x, ph, pw, out, argmax)
+    return out
+
+
+def maxpool_backward(grad_out, argmax, pool, grad_in):
+    """Route each pooled gradient to the input position that won the forward max."""
+    output_buffer(grad_in, "grad_in", ndim=4)
+    grad_out = input_like(grad_out, grad_in, "grad_out", ndim=4)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    ph, pw = int(pool[0]), int(pool[1])
+    if not _pooled_shape_ok(grad_in.shape, (ph, pw), grad_out.shape):
+        raise ValueError(f"grad_out {grad_out.shape} is not grad_in {grad_in.shape} pooled")
+    if argmax.shape != grad_out.shape:
+        raise ValueError(f"argmax {argmax.shape} must match grad_out {grad_out.shape}")
+    if grad_out.shape[1] == 0:
+        grad_in[...] = 0
+    else:
+        _maxpool_backward(grad_out, argmax, ph, pw, grad_in)
+    return grad_in
