@@ -1,0 +1,273 @@
+"""Every kernel op on every backend against ``kernels/reference.py``, on tiny random shapes.
+
+Ops are called through ``tests.backends.run`` so the same tests serve the CPU backend and the
+CUDA backend (under the simulator, which is ~1000x slower: keep shapes tiny). Output buffers
+start as NaN, so an element a kernel forgets to write fails the comparison. Float32 throughout;
+the bar is a relative error ||a - b|| / ||b|| < 1e-5 and exact equality for argmax.
+"""
+
+import inspect
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import RELU_DECONV, RELU_GUIDED, RELU_MODES, RELU_STANDARD
+from kernels import reference as ref
+from tests.backends import backend_names, run
+
+BACKENDS = backend_names()
+TOL = 1e-5
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def nan_buffer(shape, dtype=np.float32):
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+def same_pad(kh, kw):
+    return ((kh - 1) // 2, (kw - 1) // 2)
+
+
+# (batch, h, w, c_in, c_out, kh, kw, padding): odd sizes, even kernels, channels not multiples of 8
+CONV_CASES = [
+    (1, 5, 7, 3, 5, 3, 3, "same"),
+    (2, 6, 5, 2, 3, 3, 3, "valid"),
+    (1, 4, 5, 3, 2, 1, 1, "same"),
+    (3, 3, 4, 1, 3, 1, 1, "valid"),
+    (1, 5, 6, 2, 3, 2, 2, "same"),
+    (2, 5, 5, 3, 2, 2, 2, "valid"),
+    (1, 6, 7, 2, 3, 4, 4, "same"),
+    (1, 7, 6, 3, 2, 4, 3, "valid"),
+    (2, 7, 7, 2, 3, 5, 5, "same"),
+    (1, 6, 7, 1, 2, 5, 5, "valid"),
+    (1, 5, 7, 3, 5, 3, 5, "same"),
+]
+
+
+def conv_geometry(h, w, kh, kw, padding):
+    if padding == "same":
+        return same_pad(kh, kw), (h, w)
+    return (0, 0), (h - kh + 1, w - kw + 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_exports_reference_signatures(backend):
+    module = __import__(f"kernels.{backend}", fromlist=["_"])
+    for name in kernels.OP_NAMES:
+        theirs = inspect.signature(getattr(module, name)).parameters
+        ours = inspect.signature(getattr(ref, name)).parameters
+        assert list(theirs) == list(ours), name
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_forward(backend, case, relu):
+    n, h, w, ci, co, kh, kw, padding = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    pad, (ho, wo) = conv_geometry(h, w, kh, kw, padding)
+    x, kernel, bias = rand(rng, n, h, w, ci), rand(rng, kh, kw, ci, co), rand(rng, co)
+    out = nan_buffer((n, ho, wo, co))
+    run(backend, "conv2d_forward", x, kernel, bias, pad, relu, out)
+    expected = ref.conv2d_forward(x, kernel, bias, pad, relu, np.empty_like(out))
+    assert rel_err(out, expected) < TOL
+    if relu:
+        assert (out >= 0).all()
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_backward_input(backend, case):
+    n, h, w, ci, co, kh, kw, padding = case
+    rng = np.random.default_rng(hash(case) % 2**32 + 1)
+    pad, (ho, wo) = conv_geometry(h, w, kh, kw, padding)
+    grad_out, kernel = rand(rng, n, ho, wo, co), rand(rng, kh, kw, ci, co)
+    grad_in = nan_buffer((n, h, w, ci))
+    run(backend, "conv2d_backward_input", grad_out, kernel, pad, grad_in)
+    expected = ref.conv2d_backward_input(grad_out, kernel, pad, np.empty_like(grad_in))
+    assert rel_err(grad_in, expected) < TOL
+
+
+def test_cpu_conv_crosses_chunk_and_image_boundaries(monkeypatch):
+    """A tiny im2col workspace forces many chunks, some spanning two images of the batch."""
+    from kernels.cpu import im2col
+
+    monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 3 * 7 * 27 * 4)  # 3 output rows per chunk
+    rng = np.random.default_rng(7)
+    x, kernel, bias = rand(rng, 3, 5, 7, 3), rand(rng, 3, 3, 3, 4), rand(rng, 4)
+    out = nan_buffer((3, 5, 7, 4))
+    run("cpu", "conv2d_forward", x, kernel, bias, (1, 1), True, out)
+    expected = ref.conv2d_forward(x, kernel, bias, (1, 1), True, np.empty_like(out))
+    assert rel_err(out, expected) < TOL
+    grad_in = nan_buffer(x.shape)
+    run("cpu", "conv2d_backward_input", out, kernel, (1, 1), grad_in)
+    expected = ref.conv2d_backward_input(out, kernel, (1, 1), np.empty_like(grad_in))
+    assert rel_err(grad_in, expected) < TOL
+
+
+def test_cpu_accepts_non_contiguous_inputs_and_rejects_bad_outputs():
+    rng = np.random.default_rng(8)
+    x = rand(rng, 1, 6, 5, 3).transpose(0, 2, 1, 3)  # (1, 5, 6, 3), not contiguous
+    kernel, bias = rand(rng, 3, 3, 3, 2), rand(rng, 2)
+    out = nan_buffer((1, 5, 6, 2))
+    run("cpu", "conv2d_forward", x, kernel, bias, (1, 1), False, out)
+    expected = ref.conv2d_forward(x, kernel, bias, (1, 1), False, np.empty_like(out))
+    assert rel_err(out, expected) < TOL
+    with pytest.raises(ValueError):
+        run("cpu", "conv2d_forward", x, kernel, bias, (1, 1), False, out.transpose(0, 2, 1, 3))
+    with pytest.raises(ValueError):
+        run("cpu", "conv2d_forward", x, rand(rng, 3, 3, 4, 2), bias, (1, 1), False, out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_forward(backend):
+    x = rand(np.random.default_rng(1), 2, 3, 5, 3)
+    out = nan_buffer(x.shape)
+    run(backend, "relu_forward", x, out)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("mode", sorted(RELU_MODES.values()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_backward(backend, mode):
+    rng = np.random.default_rng(2 + mode)
+    y = np.maximum(rand(rng, 2, 3, 5, 3), 0)
+    grad_out = rand(rng, *y.shape)
+    grad_in = nan_buffer(y.shape)
+    run(backend, "relu_backward", grad_out, y, mode, grad_in)
+    expected = ref.relu_backward(grad_out, y, mode, np.empty_like(grad_in))
+    np.testing.assert_array_equal(grad_in, expected)
+    if mode == RELU_DECONV:
+        np.testing.assert_array_equal(grad_in, np.maximum(grad_out, 0))
+    if mode == RELU_GUIDED:
+        assert (grad_in >= 0).all()
+    if mode == RELU_STANDARD:
+        np.testing.assert_array_equal(grad_in[y == 0], 0)
+
+
+POOL_CASES = [((1, 4, 6, 3), (2, 2)), ((2, 5, 7, 2), (2, 2)), ((1, 7, 8, 3), (3, 2))]
+
+
+@pytest.mark.parametrize("shape,pool", POOL_CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maxpool_forward(backend, shape, pool):
+    x = rand(np.random.default_rng(3), *shape)
+    out_shape = (shape[0], shape[1] // pool[0], shape[2] // pool[1], shape[3])
+    out, argmax = nan_buffer(out_shape), np.full(out_shape, -1, np.int32)
+    run(backend, "maxpool_forward", x, pool, out, argmax)
+    expected_argmax = np.empty(out_shape, np.int32)
+    expected = ref.maxpool_forward(x, pool, np.empty_like(out), expected_argmax)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maxpool_first_maximum_wins_ties(backend):
+    x = np.random.default_rng(4).integers(0, 3, (2, 6, 5, 3)).astype(np.float32)
+    out, argmax = nan_buffer((2, 3, 2, 3)), np.full((2, 3, 2, 3), -1, np.int32)
+    run(backend, "maxpool_forward", x, (2, 2), out, argmax)
+    expected_argmax = np.empty_like(argmax)
+    ref.maxpool_forward(x, (2, 2), np.empty_like(out), expected_argmax)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    assert (x == 2).sum() > 10  # the data really has ties
+
+
+@pytest.mark.parametrize("shape,pool", POOL_CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maxpool_backward(backend, shape, pool):
+    rng = np.random.default_rng(5)
+    out_shape = (shape[0], shape[1] // pool[0], shape[2] // pool[1], shape[3])
+    argmax = rng.integers(0, pool[0] * pool[1], out_shape).astype(np.int32)
+    grad_out = rand(rng, *out_shape)
+    grad_in = nan_buffer(shape)  # the floor remainder rows/columns must come back zero
+    run(backend, "maxpool_backward", grad_out, argmax, pool, grad_in)
+    expected = ref.maxpool_backward(grad_out, argmax, pool, np.empty_like(grad_in))
+    np.testing.assert_array_equal(grad_in, expected)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("n,n_in,n_out", [(1, 7, 5), (3, 13, 6)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_forward(backend, n, n_in, n_out, relu):
+    rng = np.random.default_rng(6)
+    x, kernel, bias = rand(rng, n, n_in), rand(rng, n_in, n_out), rand(rng, n_out)
+    out = nan_buffer((n, n_out))
+    run(backend, "dense_forward", x, kernel, bias, relu, out)
+    expected = ref.dense_forward(x, kernel, bias, relu, np.empty_like(out))
+    assert rel_err(out, expected) < TOL
+
+
+@pytest.mark.parametrize("n,n_in,n_out", [(1, 7, 5), (3, 13, 6)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_backward_input(backend, n, n_in, n_out):
+    rng = np.random.default_rng(7)
+    grad_out, kernel = rand(rng, n, n_out), rand(rng, n_in, n_out)
+    grad_in = nan_buffer((n, n_in))
+    run(backend, "dense_backward_input", grad_out, kernel, grad_in)
+    expected = ref.dense_backward_input(grad_out, kernel, np.empty_like(grad_in))
+    assert rel_err(grad_in, expected) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_forward(backend):
+    x = rand(np.random.default_rng(8), 3, 11) * 5
+    x[1] += 1000.0  # a shift that would overflow exp without the row max
+    out = nan_buffer(x.shape)
+    run(backend, "softmax_forward", x, out)
+    expected = ref.softmax_forward(x, np.empty_like(out))
+    assert rel_err(out, expected) < TOL
+    np.testing.assert_allclose(out.sum(axis=-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_backward(backend):
+    rng = np.random.default_rng(9)
+    y = ref.softmax_forward(rand(rng, 3, 11), nan_buffer((3, 11)))
+    grad_out = rand(rng, 3, 11)
+    grad_in = nan_buffer(y.shape)
+    run(backend, "softmax_backward", grad_out, y, grad_in)
+    expected = ref.softmax_backward(grad_out, y, np.empty_like(grad_in))
+    assert rel_err(grad_in, expected) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigmoid_forward(backend):
+    x = rand(np.random.default_rng(10), 2, 9) * 4
+    out = nan_buffer(x.shape)
+    run(backend, "sigmoid_forward", x, out)
+    expected = ref.sigmoid_forward(x, np.empty_like(out))
+    assert rel_err(out, expected) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigmoid_is_finite_for_large_inputs(backend):
+    x = np.array([100.0, -100.0, 1e4, -1e4, 3e38, -3e38], np.float32)
+    out = nan_buffer(x.shape)
+    run(backend, "sigmoid_forward", x, out)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, [1, 0, 1, 0, 1, 0], rtol=0, atol=1e-30)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigmoid_backward(backend):
+    rng = np.random.default_rng(11)
+    y = ref.sigmoid_forward(rand(rng, 2, 9), nan_buffer((2, 9)))
+    grad_out = rand(rng, 2, 9)
+    grad_in = nan_buffer(y.shape)
+    run(backend, "sigmoid_backward", grad_out, y, grad_in)
+    expected = ref.sigmoid_backward(grad_out, y, np.empty_like(grad_in))
+    assert rel_err(grad_in, expected) < TOL
+
+
+def test_cpu_relu_backward_rejects_unknown_mode():
+    y = np.ones(3, np.float32)
+    with pytest.raises(ValueError):
+        run("cpu", "relu_backward", y, y, 7, np.empty_like(y))
