@@ -1,0 +1,139 @@
+"""Objectives' stated gradients vs finite differences; transforms vs their adjoints; the ascent
+loop on a small network (batched equals one at a time, the objective rises, stopping rules)."""
+
+import numpy as np
+import pytest
+
+from engine.model import Model
+from engine.viz import objectives as obj
+from engine.viz.ascent import gradient_ascent, normalize_gradient
+from engine.viz.transforms import Affine, Jitter, adjoint_all, apply_all, standard_transforms
+from tests.synthetic import uniform
+from tests.test_model import small_spec
+
+
+def numeric_gradient(objective, acts, name, eps=1e-6):
+    a = acts[name]
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for j in range(flat.size):
+        saved = flat[j]
+        flat[j] = saved + eps
+        up = objective(acts)[0].astype(np.float64).sum()
+        flat[j] = saved - eps
+        down = objective(acts)[0].astype(np.float64).sum()
+        flat[j] = saved
+        gflat[j] = (up - down) / (2 * eps)
+    return grad
+
+
+def acts64():
+    return {
+        "conv": uniform(11, "conv", (2, 6, 5, 4), -1, 1).astype(np.float64),
+        "logits": uniform(11, "logits", (2, 7), -3, 3).astype(np.float64),
+        "input": uniform(11, "input", (2, 5, 4, 3), -2, 2).astype(np.float64),
+    }
+
+
+@pytest.mark.parametrize(
+    "objective, name",
+    [
+        (obj.channel("conv", [1, 3]), "conv"),
+        (obj.channel("conv", 2, border=1), "conv"),
+        (obj.mean_square("conv", border=1), "conv"),
+        (obj.dream({"conv": 0.7}, border=2), "conv"),
+        (obj.class_logit([4, 0]), "logits"),
+        (obj.l2(), "input"),
+        (obj.alpha_norm(6), "input"),
+        (obj.total_variation(2.0), "input"),
+        (obj.total_variation(1.0), "input"),
+        (obj.channel("conv", 0) - 0.1 * obj.total_variation() + 2 * obj.l2(), "input"),
+        (obj.channel("conv", 0) - 0.1 * obj.total_variation() + 2 * obj.l2(), "conv"),
+    ],
+)
+def test_objective_gradients_match_finite_differences(objective, name):
+    acts = acts64()
+    loss, grads = objective(acts)
+    assert loss.shape == (2,)
+    expected = numeric_gradient(objective, acts, name)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(grads[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_channel_loss_is_the_mean_of_each_samples_channel():
+    a = acts64()["conv"]
+    loss, _ = obj.channel("conv", [1, 3])({"conv": a})
+    np.testing.assert_allclose(loss, [a[0, :, :, 1].mean(), a[1, :, :, 3].mean()])
+
+
+@pytest.mark.parametrize("transform", [Jitter(3), Affine((0.9, 1.1), (-7, 12))])
+def test_transform_adjoint(transform):
+    x = uniform(12, "x", (2, 9, 11, 3), -1, 1).astype(np.float64)
+    y = uniform(12, "y", (2, 9, 11, 3), -1, 1).astype(np.float64)
+    tx, state = transform.apply(x, np.random.default_rng(3))
+    lhs = np.sum(tx * y)
+    rhs = np.sum(x * transform.adjoint(y, state))
+    assert abs(lhs - rhs) < 1e-9 * (abs(lhs) + 1)
+
+
+def test_composed_transforms_adjoint_and_change_the_image():
+    x = uniform(13, "x", (1, 16, 16, 3), -1, 1).astype(np.float64)
+    y = uniform(13, "y", (1, 16, 16, 3), -1, 1).astype(np.float64)
+    ts = standard_transforms(jitter_pixels=2)
+    tx, states = apply_all(ts, x, np.random.default_rng(5))
+    assert not np.allclose(tx, x)
+    assert abs(np.sum(tx * y) - np.sum(x * adjoint_all(ts, y, states))) < 1e-9 * np.abs(tx * y).sum()
+
+
+def test_normalisations():
+    g = uniform(14, "g", (3, 4, 4, 2), -1, 1)
+    g[1] *= 100
+    rms = normalize_gradient(g, "rms")
+    np.testing.assert_allclose(np.sqrt((rms.astype(np.float64) ** 2).mean(axis=(1, 2, 3))), 1, rtol=1e-4)
+    mab = normalize_gradient(g, "mean_abs")
+    np.testing.assert_allclose(np.abs(mab).mean(axis=(1, 2, 3)), 1, rtol=1e-5)
+    assert not normalize_gradient(np.zeros_like(g), "mean_abs").any()
+
+
+def conv_model():
+    spec = small_spec()
+    spec.layers = spec.layers[:3]  # c1 (valid), c2 (same), p1
+    return Model(spec, device="cpu")
+
+
+def test_batched_ascent_equals_one_at_a_time_and_rises():
+    model = conv_model()
+    x0 = uniform(15, "x0", (3, 12, 12, 2), -1, 1)
+    channels = [0, 1, 2]
+    batch = gradient_ascent(model, x0, obj.channel("c2", channels), steps=6, step_size=0.5)
+    assert batch.losses.shape == (6, 3)
+    assert (batch.losses[-1] > batch.losses[0]).all()
+    for i, c in enumerate(channels):
+        one = gradient_ascent(model, x0[i : i + 1], obj.channel("c2", c), steps=6, step_size=0.5)
+        np.testing.assert_allclose(one.images[0], batch.images[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(one.losses[:, 0], batch.losses[:, i], rtol=1e-5)
+
+
+def test_same_seed_same_bytes_with_transforms():
+    model = conv_model()
+    x0 = uniform(16, "x0", (2, 12, 12, 2), -1, 1)
+    run = lambda seed: gradient_ascent(
+        model, x0, obj.channel("c2", 1), steps=3, transforms=[Jitter(2), Affine((0.9, 1.1), (-5, 5))], seed=seed
+    ).images
+    assert run(4).tobytes() == run(4).tobytes()
+    assert run(4).tobytes() != run(5).tobytes()
+
+
+def test_stopping_rules():
+    model = conv_model()
+    x0 = uniform(17, "x0", (2, 12, 12, 2), -1, 1)
+    objective = obj.channel("c2", [0, 1])
+    loss0 = gradient_ascent(model, x0, objective, steps=1).losses[0]
+    # a sample above max_loss at the first measurement is never updated
+    frozen = gradient_ascent(model, x0, objective, steps=4, max_loss=float(loss0.min()) - 1e-3)
+    assert not frozen.active.any() and frozen.losses.shape[0] == 1
+    np.testing.assert_array_equal(frozen.images, x0)
+    # a filter with no positive response (negated objective) stops after its first update
+    stuck = gradient_ascent(model, x0, -obj.mean_square("c2"), steps=5, stop_if_nonpositive=True)
+    assert stuck.losses.shape[0] == 1 and not stuck.active.any()
+    assert not np.array_equal(stuck.images, x0)
