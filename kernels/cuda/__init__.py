@@ -1,0 +1,60 @@
+"""CUDA backend: every op of ``kernels/reference.py``, same names and signatures, on numba device
+arrays (inputs and an explicit output buffer, which is returned), as ``@cuda.jit`` kernels whose
+launchers derive the grid from the shapes. Also the GPU elementwise helpers of ``elementwise.py``.
+
+Layout and conventions are those of ``kernels/__init__.py`` (NHWC float32, C-contiguous; conv
+kernels (kh, kw, c_in, c_out) as cross-correlation; int32 argmax ``dy * pw + dx``).
+
+Needs the ``numba-cuda`` package (``pip install -e ".[cuda]"``). Importing this module never
+touches a GPU; ``is_available()`` says whether kernels can run here (a GPU, or Numba's simulator
+under ``NUMBA_ENABLE_CUDASIM=1``).
+"""
+
+import importlib.util
+
+if importlib.util.find_spec("numba_cuda") is None:
+    raise ImportError(
+        'the CUDA backend needs the numba-cuda package: pip install -e ".[cuda]" '
+        "(numba's own bundled numba.cuda is deprecated and not supported)"
+    )
+
+from kernels.cuda.activations import relu_backward, relu_forward, sigmoid_backward, sigmoid_forward
+from kernels.cuda.conv import (
+    conv2d_backward_input,
+    conv2d_forward,
+    dense_backward_input,
+    dense_forward,
+)
+from kernels.cuda.elementwise import axpy, scale_by_mean_abs, scale_by_rms
+from kernels.cuda.pool import maxpool_backward, maxpool_forward
+from kernels.cuda.softmax import softmax_backward, softmax_forward
+
+
+def is_available():
+    """True when CUDA kernels can run: a usable GPU and driver, or the simulator. Never raises."""
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver or toolkit install means "not available", not a crash
+        return False
+
+
+__all__ = [
+    "is_available",
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "relu_forward",
+    "relu_backward",
+    "maxpool_forward",
+    "maxpool_backward",
+    "dense_forward",
+    "dense_backward_input",
+    "softmax_forward",
+    "softmax_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "scale_by_rms",
+    "scale_by_mean_abs",
+    "axpy",
+]
