@@ -57,11 +57,18 @@ def load_image(path, size=None, resample: str = "bilinear") -> np.ndarray:
             f"{MIN_SIDE}x{MIN_SIDE} (use a larger image)"
         )
     if size is not None:
-        width, height = (int(s) for s in size)
-        if (width, height) != (rgb.shape[1], rgb.shape[0]):
-            resized = Image.fromarray(rgb).resize((width, height), _RESAMPLE[resample])
-            rgb = np.asarray(resized)
+        rgb = resize_image(rgb, size, resample)
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def resize_image(rgb: np.ndarray, size, resample: str = "bilinear") -> np.ndarray:
+    """Stretch a uint8 RGB (H, W, 3) image to ``size`` = (width, height), as ``load_image`` does."""
+    if resample not in _RESAMPLE:
+        raise ValueError(f"unknown resample filter {resample!r}; use one of {', '.join(_RESAMPLE)}")
+    width, height = (int(s) for s in size)
+    if (height, width) == rgb.shape[:2]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), _RESAMPLE[resample]))
 
 
 def _check_file(path: str) -> None:
