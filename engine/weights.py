@@ -23,6 +23,7 @@ Only h5py and ``json.loads`` touch the file: nothing is unpickled or evaluated.
 
 import json
 import pathlib
+import re
 
 import h5py
 import numpy as np
@@ -51,7 +52,13 @@ def read_network(path) -> NetworkSpec:
     except ConvscopeError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        sizes = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", reason)
+        if sizes:
+            raise ConvscopeError(
+                f"{label} is truncated ({int(sizes[1]):,} of {int(sizes[2]):,} bytes; "
+                "was a download or copy interrupted?)"
+            ) from exc
         raise ConvscopeError(f"{label} is damaged or truncated and cannot be read ({reason})") from exc
 
 
