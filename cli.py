@@ -259,12 +259,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 def check_output(path: Path, overwrite: bool = False, suffixes=IMAGE_SUFFIXES) -> Path:
     """Check up front (before any long computation) that ``path`` can be written."""
     path = Path(path)
+    if path.is_dir():
+        raise ConvscopeError(f"{path}: is a directory; give a file name")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise ConvscopeError(
             f"{path}: unsupported output type '{path.suffix}' (use {', '.join(sorted(suffixes))})"
         )
-    if path.is_dir():
-        raise ConvscopeError(f"{path}: is a directory; give a file name")
     parent = path.parent
     if not parent.is_dir():
         raise ConvscopeError(f"{path}: folder {parent} does not exist (create it first)")
