@@ -20,7 +20,7 @@ import kernels.cuda as cuda_backend  # noqa: E402
 from kernels import RELU_DECONV, RELU_GUIDED, RELU_STANDARD  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels.cuda import conv  # noqa: E402
-from kernels.cuda.gemm import GemmTile, conv_gemm_kernel  # noqa: E402
+from kernels.cuda.gemm import DEFAULT_TILE, GemmTile, conv_gemm_kernel  # noqa: E402
 from tests.backends import run  # noqa: E402
 
 if not cuda_backend.is_available():
@@ -290,3 +290,15 @@ def test_is_available_never_raises(monkeypatch):
 
     monkeypatch.setattr(cuda, "is_available", broken)
     assert cuda_backend.is_available() is False
+
+
+def test_catalog_lists_every_kernel():
+    """benchmarks/ptx_report.py compiles what the catalog lists: no kernel may be left out."""
+    from kernels.cuda import activations, catalog, elementwise, pool, softmax
+
+    listed = {function for _, function, _ in catalog.kernels()}
+    for module in (activations, conv, elementwise, pool, softmax):
+        for name in dir(module):
+            if name.endswith("_kernel") and hasattr(getattr(module, name), "py_func"):
+                assert getattr(module, name).py_func in listed, f"{module.__name__}.{name}"
+    assert conv_gemm_kernel(DEFAULT_TILE).py_func in listed

@@ -46,7 +46,7 @@ DEFAULT_TILE = GemmTile()
 
 
 @functools.lru_cache(maxsize=None)
-def conv_gemm_kernel(tile=DEFAULT_TILE):
+def conv_gemm_kernel(tile):
     """The compiled-on-demand kernel for one tile shape (a closure, so the sizes are constants)."""
     bm, bn, bk, tm, tn = tile
     threads_m, threads_n = bm // tm, bn // tn
@@ -91,12 +91,13 @@ def conv_gemm_kernel(tile=DEFAULT_TILE):
             for j in range(tn):
                 acc[i, j] = float32(0.0)
 
+        # Tap (ky, kx, ci) of this thread's A column k = k0 + a_k, advanced by bk per step with
+        # carries instead of divisions (64-bit divisions would cost more than the step's FMAs).
+        ci = a_k % c_in
+        kx = (a_k // c_in) % kw
+        ky = a_k // (c_in * kw)
         for k0 in range(0, depth, bk):
             k = k0 + a_k
-            tap = k // c_in
-            ci = k - tap * c_in
-            ky = tap // kw
-            kx = tap - ky * kw
             for r in range(a_loads):
                 value = float32(0.0)
                 iy, ix = a_iy[r] + ky, a_ix[r] + kx
@@ -109,6 +110,13 @@ def conv_gemm_kernel(tile=DEFAULT_TILE):
                 if kb < depth and col0 + b_col < c_out:
                     value = w[kb, col0 + b_col]
                 b_tile[b_k0 + r * b_row_step, b_col] = value
+            ci += bk
+            while ci >= c_in:
+                ci -= c_in
+                kx += 1
+                if kx == kw:
+                    kx = 0
+                    ky += 1
             cuda.syncthreads()
             for kk in range(bk):
                 for i in range(tm):
