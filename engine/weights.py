@@ -256,12 +256,13 @@ def _read_model_file(f, label):
     layers = _model_layers(klayers, input_shape, fetch, theano)
     h, w, c = input_shape or (None, None, None)
     if c is None:
-        c = next(spec.kernel.shape[2] for spec in layers if spec.kind == "conv2d")
+        c = next((spec.kernel.shape[2] for spec in layers if spec.kind == "conv2d"), None)
     major = keras_version.split(".")[0] if keras_version else ""
     source = f"Keras {major} model.save" if major else "Keras model.save"
     if theano:
         source += " (theano backend)"
-    metadata = {"model_name": model_name, "keras_version": keras_version, "backend": "theano" if theano else ""}
+    backend = _text(f.attrs.get("backend", weights.attrs.get("backend", "")))
+    metadata = {"model_name": model_name, "keras_version": keras_version, "backend": backend}
     return NetworkSpec(layers, (h, w, c), source, metadata)
 
 

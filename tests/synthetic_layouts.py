@@ -191,9 +191,27 @@ def _layer_config(layer, data_format, flatten_format, first_shape):
     return {"class_name": cls, "config": config}
 
 
+def _functional_config(configs, batch_shape):
+    """The configs as a Keras 2 Functional ("Model") chain, as keras.applications models are saved."""
+    layers = [{"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [],
+               "config": {"batch_input_shape": batch_shape, "dtype": "float32", "sparse": False,
+                          "name": "input_1"}}]
+    for config in configs:
+        config["config"].pop("batch_input_shape", None)
+        layers.append({"name": config["config"]["name"], **config,
+                       "inbound_nodes": [[[layers[-1]["name"], 0, 0, {}]]]})
+    return {"class_name": "Model", "config": {"name": "vgg16", "layers": layers,
+                                              "input_layers": [["input_1", 0, 0]],
+                                              "output_layers": [[layers[-1]["name"], 0, 0]]}}
+
+
 def write_keras2_model(path, layers, input_shape, seed=0, bare_list=False, channels_first=False,
-                       flatten_data_format=None, backend=b"tensorflow", keras_version=b"2.1.6"):
+                       flatten_data_format=None, backend=b"tensorflow", keras_version=b"2.1.6",
+                       functional=False):
     """A Keras 2 ``model.save()`` file of a Sequential model; returns the TF-layout arrays.
+
+    ``bare_list`` stores the config as Keras 2.0/2.1 did; ``functional`` as a Functional ("Model")
+    chain starting with an InputLayer, as ``keras.applications.VGG16(...).save()`` does.
 
     The arrays are those of ``model_arrays``; with ``channels_first`` (and no Flatten data_format,
     as in Keras < 2.2) the Dense after the Flatten is stored with rows in (c, h, w) order, and with
@@ -207,6 +225,9 @@ def write_keras2_model(path, layers, input_shape, seed=0, bare_list=False, chann
                for i, lay in enumerate(layers)]
     model_config = {"class_name": "Sequential",
                     "config": configs if bare_list else {"name": "sequential_1", "layers": configs}}
+    if functional:
+        model_config = _functional_config(configs, batch_shape)
+        layers = [{"cls": "InputLayer", "name": "input_1"}] + list(layers)
     theano = (backend.decode() if isinstance(backend, bytes) else backend) == "theano"
     stored = {}
     flat_chw = None

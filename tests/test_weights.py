@@ -35,6 +35,8 @@ VGG16_NOTOP_WRITERS = {
     "keras2_model_dict_config": lambda p: write_keras2_model(p, vgg16_model_layers(), (224, 224, 3)),
     "keras2_model_bare_list_config": lambda p: write_keras2_model(p, vgg16_model_layers(), (224, 224, 3),
                                                                   bare_list=True, keras_version=b"2.0.8"),
+    "keras2_model_functional": lambda p: write_keras2_model(p, vgg16_model_layers(), (224, 224, 3),
+                                                            functional=True, keras_version=b"2.2.4"),
 }
 
 
