@@ -99,7 +99,11 @@ def _decode(path: str) -> Image.Image:
             "(resize it first if it is a genuine image)"
         )
     except UnidentifiedImageError:
-        message = f"{path}: not an image file PIL can read (use JPEG, PNG, BMP, TIFF, GIF or WebP)"
+        kind = _signature(path)
+        if kind:
+            message = f"{path}: starts like a {kind} file but is corrupt or truncated; re-export or re-download it"
+        else:
+            message = f"{path}: not an image file PIL can read (use JPEG, PNG, BMP, TIFF, GIF or WebP)"
     except PermissionError:
         message = f"{path}: permission denied (check the file's permissions)"
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
@@ -108,6 +112,28 @@ def _decode(path: str) -> Image.Image:
     if im is not None:
         im.close()
     raise ConvscopeError(message)
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _signature(path: str) -> str:
+    """The image format a file's first bytes announce ('' when none), to tell corrupt from foreign."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return ""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), "")
 
 
 def _one_line(exc: BaseException) -> str:
