@@ -144,8 +144,8 @@ def _one_line(exc: BaseException) -> str:
 def _to_rgb(path: str, im: Image.Image) -> np.ndarray:
     try:
         im = ImageOps.exif_transpose(im)
-    except Exception as exc:  # a broken EXIF block should not make a readable photo unusable
-        warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({_one_line(exc)})")
+    except Exception:  # a broken EXIF block must not make a readable photo unusable: ignore it
+        pass
     try:
         if im.mode in _SIXTEEN_BIT_GRAY:
             gray = np.asarray(im).astype(np.float64)
