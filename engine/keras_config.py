@@ -181,7 +181,8 @@ def parse_model_config(model_config):
                 raise _unsupported(class_name, name, f"strides {strides} differ from pool_size {list(pool)}")
             if config.get("padding", "valid") != "valid":
                 raise _unsupported(class_name, name, f"padding {config['padding']!r}; only 'valid'")
-            layers.append(KerasLayer(name, class_name, "maxpool2d", pool_size=pool, channels_first=channels_first))
+            layers.append(KerasLayer(name, class_name, "maxpool2d", pool_size=pool,
+                                     channels_first=channels_first))
         elif class_name == "Flatten":
             # Keras >= 2.2 (and 3) Flatten(data_format='channels_first') moves channels last before
             # flattening, so only older files (no data_format key) flatten in (c, h, w) order.
@@ -200,7 +201,7 @@ def parse_model_config(model_config):
                 raise _unsupported(class_name, name, "max_value/negative_slope/threshold")
             activation = "relu" if class_name == "ReLU" else _activation(config.get("activation"), name)
             previous = layers[-1] if layers else None
-            if previous is None or previous.kind not in ("conv2d", "dense") or previous.activation != "linear":
+            if not (previous and previous.kind in ("conv2d", "dense") and previous.activation == "linear"):
                 raise _unsupported(class_name, name, "only after a Conv2D or Dense layer with no activation")
             previous.activation = activation
         else:

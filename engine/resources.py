@@ -55,7 +55,8 @@ def keras_cache_dir() -> pathlib.Path:
 def _existing(path, what) -> pathlib.Path:
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
-        raise ConvscopeError(f"{what} '{path}' does not exist" if not path.exists() else f"{what} '{path}' is not a file")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ConvscopeError(f"{what} '{path}' {problem}")
     return path
 
 
@@ -99,7 +100,8 @@ def load_class_names(path=None, download=None) -> list[str] | None:
         found = keras_cache_dir() / CLASS_INDEX_FILE
         if not found.is_file():
             remote = REMOTE_FILES[CLASS_INDEX_FILE]
-            if not _agreed(download, f"Download the ImageNet class names from {remote.url} into {found.parent}?"):
+            prompt = f"Download the ImageNet class names from {remote.url} into {found.parent}?"
+            if not _agreed(download, prompt):
                 return None
             try:
                 found = download_file(remote, found)

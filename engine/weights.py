@@ -310,7 +310,10 @@ def _model_layers(klayers, input_shape, fetch, theano):
             n_flat = kl.filters
         if kl.kind in ("conv2d", "dense"):
             n_out = spec.kernel.shape[-1]
-            spec.bias = np.zeros(n_out, np.float32) if bias is None else _checked(kl.name, "bias", bias, (n_out,))
+            if bias is None:  # use_bias=False
+                spec.bias = np.zeros(n_out, np.float32)
+            else:
+                spec.bias = _checked(kl.name, "bias", bias, (n_out,))
         if kl.kind in ("conv2d", "maxpool2d") and h is not None and (h <= 0 or w <= 0):
             raise ConvscopeError(f"layer '{kl.name}': the model's input is too small for this layer")
         layers.append(spec)

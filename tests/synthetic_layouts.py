@@ -110,7 +110,8 @@ def vgg16_model_layers(include_top=False):
         elif t["kind"] == "flatten":
             layers.append(dict(cls="Flatten", name=t["name"]))
         else:
-            layers.append(dict(cls="Dense", name=t["name"], units=t["kernel_shape"][-1], activation=t["activation"]))
+            layers.append(dict(cls="Dense", name=t["name"], units=t["kernel_shape"][-1],
+                               activation=t["activation"]))
     return layers
 
 

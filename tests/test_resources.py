@@ -107,7 +107,8 @@ def test_keras_home_cache(home, tmp_path, monkeypatch):
     _touch(home / ".keras" / "models" / NOTOP_FILE)  # ignored: KERAS_HOME moves the cache
     notop = _touch(tmp_path / "kh" / "models" / NOTOP_FILE)
     assert resolve_weights() == notop
-    message = _one_line_error(lambda: resolve_weights(need_top=True), TOP_FILE, str(tmp_path / "kh" / "models"))
+    message = _one_line_error(lambda: resolve_weights(need_top=True),
+                              TOP_FILE, str(tmp_path / "kh" / "models"))
     assert "--weights" in message and "CONVSCOPE_WEIGHTS" in message
 
 
@@ -176,7 +177,8 @@ def test_connection_refused(home, monkeypatch):
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/{NOTOP_FILE}"
     monkeypatch.setitem(resources.REMOTE_FILES, NOTOP_FILE, RemoteFile(url, 10, "0" * 32))
-    message = _one_line_error(lambda: resolve_weights(download=True), "could not download", NOTOP_FILE, url)
+    message = _one_line_error(lambda: resolve_weights(download=True),
+                              "could not download", NOTOP_FILE, url)
     assert "refused" in message.lower()
     assert "--weights" in message and "CONVSCOPE_WEIGHTS" in message
     assert list((home / ".keras" / "models").iterdir()) == []

@@ -18,7 +18,6 @@ from engine.weights import read_network
 from tests.synthetic import layer_arrays, vgg16_arrays, write_vgg16_official
 from tests.synthetic_layouts import (
     cats_dogs_layers,
-    model_arrays,
     vgg16_model_layers,
     write_keras2_model,
     write_vgg16_2016,
@@ -183,8 +182,12 @@ def test_keras2_cats_vs_dogs_convnet(variant, tmp_path):
 
 def _forward(net, x):
     """A plain NumPy forward pass of a NetworkSpec (TensorFlow 'same' padding), to check the specs."""
-    act = {"linear": lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
-           "softmax": lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)}
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    act = {"linear": lambda z: z, "relu": lambda z: np.maximum(z, 0),
+           "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "softmax": softmax}
     x = x.astype(np.float64)
     for layer in net.layers:
         if layer.kind == "conv2d":
@@ -193,7 +196,8 @@ def _forward(net, x):
                 x = np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
             ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
             patches = np.stack([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=3)
-            x = np.einsum("nhwpc,pco->nhwo", patches, layer.kernel.reshape(kh * kw, *layer.kernel.shape[2:]))
+            kernel = layer.kernel.reshape(kh * kw, *layer.kernel.shape[2:])
+            x = np.einsum("nhwpc,pco->nhwo", patches, kernel)
             x = act[layer.activation](x + layer.bias)
         elif layer.kind == "maxpool2d":
             ph, pw = layer.pool_size
@@ -207,15 +211,19 @@ def _forward(net, x):
 
 
 KERAS_FIXTURES = {
-    "tiny_sigmoid_cnn": [("conv2d", "relu", "valid", (5, 5, 3, 4)), ("maxpool2d", "linear", None, (2, 2)),
+    "tiny_sigmoid_cnn": [("conv2d", "relu", "valid", (5, 5, 3, 4)),
+                         ("maxpool2d", "linear", None, (2, 2)),
                          ("conv2d", "relu", "same", (4, 4, 4, 3)), ("flatten",), ("dropout",),
                          ("dense", "relu", None, (60, 6)), ("dense", "sigmoid", None, (6, 1))],
-    "tiny_softmax_cnn": [("conv2d", "sigmoid", "same", (2, 2, 2, 5)), ("maxpool2d", "linear", None, (3, 3)),
+    "tiny_softmax_cnn": [("conv2d", "sigmoid", "same", (2, 2, 2, 5)),
+                         ("maxpool2d", "linear", None, (3, 3)),
                          ("conv2d", "linear", "valid", (3, 3, 5, 4)), ("flatten",),
                          ("dense", "softmax", None, (8, 3))],
-    "tiny_functional_chain": [("conv2d", "relu", "same", (3, 3, 3, 3)), ("maxpool2d", "linear", None, (2, 2)),
+    "tiny_functional_chain": [("conv2d", "relu", "same", (3, 3, 3, 3)),
+                              ("maxpool2d", "linear", None, (2, 2)),
                               ("flatten",), ("dense", "softmax", None, (75, 4))],
-    "tiny_channels_first_cnn": [("conv2d", "relu", "valid", (3, 3, 3, 2)), ("maxpool2d", "linear", None, (2, 2)),
+    "tiny_channels_first_cnn": [("conv2d", "relu", "valid", (3, 3, 3, 2)),
+                                ("maxpool2d", "linear", None, (2, 2)),
                                 ("flatten",), ("dense", "softmax", None, (18, 3))],
 }
 
@@ -370,7 +378,8 @@ def test_functional_model_that_is_not_a_chain(tmp_path):
     shutil.copy(KERAS_MODELS / "tiny_functional_chain.h5", path)
     with h5py.File(path, "r+") as f:
         config = json.loads(f.attrs["model_config"])
-        config["config"]["layers"][4]["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0] = "conv"
+        probs = config["config"]["layers"][4]  # fed by 'conv' instead of 'flatten': not a chain
+        probs["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0] = "conv"
         f.attrs["model_config"] = json.dumps(config)
     assert_one_line_error(path, "'probs'", "plain chains")
 
