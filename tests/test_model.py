@@ -176,3 +176,17 @@ def test_summary_and_minimum_size():
     assert conv_part.output_shapes((4, 4))[2] == (1, 1, 3)
     with pytest.raises(ConvscopeError, match="at least 4x4"):
         conv_part.output_shapes((3, 4))
+
+
+KERAS_MODELS = sorted((__import__("pathlib").Path(__file__).parent / "fixtures" / "keras_models").glob("*.h5"))
+
+
+@pytest.mark.parametrize("path", KERAS_MODELS, ids=lambda p: p.stem)
+def test_engine_matches_keras3_on_real_model_save_files(path):
+    """Tiny CNNs saved by real Keras 3 (even kernels, valid/same, channels_first, sigmoid, a
+    Functional chain) and Keras' own predictions, stored by fixtures/keras_models/make_keras_models.py."""
+    import engine
+
+    expected = np.load(path.with_suffix(".npz"))
+    model = engine.load(path)
+    assert rel_err(model.forward(expected["x"])[model.layer_names[-1]], expected["y"]) < 1e-5
