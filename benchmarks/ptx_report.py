@@ -53,11 +53,18 @@ def ptxas_usage(ptxas, ptx, arch):
         source = pathlib.Path(tmp) / "kernel.ptx"
         source.write_text(ptx)
         result = subprocess.run(
-            [ptxas, "-v", f"-arch={arch}", str(source), "-o", os.devnull], capture_output=True, text=True
+            [ptxas, "-v", f"-arch={arch}", str(source), "-o", os.devnull],
+            capture_output=True,
+            text=True,
         )
     log = result.stdout + result.stderr
     if result.returncode != 0:
-        raise RuntimeError(log.strip().splitlines()[-1] if log.strip() else f"ptxas exit {result.returncode}")
+        lines = log.strip().splitlines()
+        errors = [line for line in lines if "error" in line.lower() and "aborted" not in line]
+        message = (errors or lines or [f"ptxas exit status {result.returncode}"])[0]
+        if "Unsupported .version" in message:
+            message += f" (this ptxas is older than the NVVM that wrote the PTX: {INSTALL_HINT})"
+        raise RuntimeError(message)
 
     def number(pattern):
         found = re.search(pattern, log)
@@ -89,7 +96,7 @@ def version(package):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cc", default="9.0", help="compute capability to compile for (default 9.0)")
+    parser.add_argument("--cc", default="9.0", help="compute capability (default 9.0)")
     args = parser.parse_args(argv)
     cc = tuple(int(part) for part in args.cc.split("."))
     arch = f"sm_{cc[0]}{cc[1]}"
@@ -98,8 +105,8 @@ def main(argv=None):
         print(f"numba-cuda is not installed: {INSTALL_HINT}", file=sys.stderr)
         return 2
     ptxas = find_ptxas()
-    if ptxas is None:
-        print(f"no ptxas found: {INSTALL_HINT}", file=sys.stderr)
+    if ptxas is None or not os.access(ptxas, os.X_OK):
+        print(f"no usable ptxas ({ptxas or 'none found'}): {INSTALL_HINT}", file=sys.stderr)
         return 2
 
     from unittest import mock
@@ -111,9 +118,11 @@ def main(argv=None):
 
     no_gpu_needed = mock.patch.object(dispatcher, "get_current_device", lambda: _TargetDevice(cc))
 
-    print(f"numba {version('numba')}, numba-cuda {version('numba-cuda')}, nvvm {version('nvidia-nvvm')}")
+    packages = ("numba", "numba-cuda", "nvidia-nvvm", "nvidia-cuda-nvcc")
+    print(", ".join(f"{package} {version(package)}" for package in packages))
     print(f"ptxas {ptxas}, -arch={arch}\n")
-    header = f"{'kernel':<28} {'regs':>5} {'smem B':>7} {'stack B':>8} {'spill st':>9} {'spill ld':>9}"
+    columns = ("regs", "smem B", "stack B", "spill st", "spill ld")
+    header = f"{'kernel':<28}" + "".join(f" {column:>9}" for column in columns)
     print(header)
     print("-" * len(header))
     failures = []
@@ -123,13 +132,11 @@ def main(argv=None):
                 ptx, _ = cuda.compile_ptx(function, argtypes, cc=cc)
             use = ptxas_usage(ptxas, ptx, arch)
         except Exception as error:  # report every kernel, then fail once at the end
-            print(f"{name:<28} FAILED: {str(error).strip().splitlines()[0][:200]}")
+            print(f"{name:<28} FAILED: {str(error).strip().splitlines()[0][:300]}")
             failures.append(name)
             continue
-        print(
-            f"{name:<28} {use['registers']:>5} {use['smem']:>7} {use['stack']:>8} "
-            f"{use['spill_stores']:>9} {use['spill_loads']:>9}"
-        )
+        keys = ("registers", "smem", "stack", "spill_stores", "spill_loads")
+        print(f"{name:<28}" + "".join(f" {use[key]:>9}" for key in keys))
         if use["spill_stores"] or use["spill_loads"]:
             failures.append(name)
     if failures:

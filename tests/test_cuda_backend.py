@@ -53,7 +53,8 @@ def on_device(fn, *args):
 
 
 def conv_case(rng, n, h, w, c_in, c_out, kh, kw, padding):
-    x, kernel, bias = random(rng, n, h, w, c_in), random(rng, kh, kw, c_in, c_out), random(rng, c_out)
+    x, kernel = random(rng, n, h, w, c_in), random(rng, kh, kw, c_in, c_out)
+    bias = random(rng, c_out)
     if padding == "same":
         pad, out_hw = ((kh - 1) // 2, (kw - 1) // 2), (h, w)
     else:
@@ -79,7 +80,8 @@ def test_conv2d_small_tile(shape):
     n, h, w, c_in, c_out, kh, kw, padding = shape
     x, kernel, bias, pad, (ho, wo) = conv_case(rng, *shape)
     for relu in (False, True):
-        out, expected = np.full((n, ho, wo, c_out), np.nan, np.float32), np.zeros((n, ho, wo, c_out))
+        out = np.full((n, ho, wo, c_out), np.nan, np.float32)
+        expected = np.zeros(out.shape)
         ref.conv2d_forward(x, kernel, bias, pad, relu, expected)
         on_device(conv.conv2d_forward_tiled, x, kernel, bias, pad, relu, out, SMALL_TILE)
         assert_close(out, expected)
@@ -145,7 +147,9 @@ def test_dense(relu):
 # -- max pooling ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape,pool", [((2, 4, 6, 3), (2, 2)), ((1, 5, 5, 2), (2, 2)), ((1, 6, 5, 3), (3, 2))])
+@pytest.mark.parametrize(
+    "shape,pool", [((2, 4, 6, 3), (2, 2)), ((1, 5, 5, 2), (2, 2)), ((1, 6, 5, 3), (3, 2))]
+)
 @pytest.mark.parametrize("ties", [False, True])
 def test_maxpool(shape, pool, ties):
     rng = np.random.default_rng(5)
@@ -190,7 +194,8 @@ def test_relu_backward(mode):
 
 def test_relu_backward_rejects_unknown_mode():
     with pytest.raises(ValueError, match="unknown ReLU backward mode"):
-        run("cuda", "relu_backward", np.zeros(3, np.float32), np.zeros(3, np.float32), 7, np.zeros(3, np.float32))
+        zeros = np.zeros(3, np.float32)
+        run("cuda", "relu_backward", zeros, zeros, 7, zeros.copy())
 
 
 def test_sigmoid():
@@ -269,14 +274,16 @@ def test_signatures_match_reference():
     from kernels import OP_NAMES
 
     for name in OP_NAMES:
-        assert inspect.signature(getattr(cuda_backend, name)) == inspect.signature(getattr(ref, name)), name
+        expected = inspect.signature(getattr(ref, name))
+        assert inspect.signature(getattr(cuda_backend, name)) == expected, name
 
 
 def test_import_without_numba_cuda_says_what_to_install(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "numba_cuda" else real_find_spec(name, *a)
-    )
+    def find_spec(name, *args):
+        return None if name == "numba_cuda" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.delitem(sys.modules, "kernels.cuda")
     with pytest.raises(ImportError, match=r'pip install -e "\.\[cuda\]"'):
         importlib.import_module("kernels.cuda")

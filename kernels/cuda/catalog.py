@@ -17,7 +17,11 @@ def kernels():
     """[(name, python function, argument types)] for every kernel the launchers run."""
     tile = "x".join(map(str, DEFAULT_TILE))
     table = [
-        (f"conv_gemm[{tile}]", conv_gemm_kernel(DEFAULT_TILE), (F4, F2, F1, int64, int64, int64, int64, F4)),
+        (
+            f"conv_gemm[{tile}]",
+            conv_gemm_kernel(DEFAULT_TILE),
+            (F4, F2, F1, int64, int64, int64, int64, F4),
+        ),
         ("flip_transpose", conv.flip_transpose_kernel, (F4, F1)),
         ("relu_forward", activations.relu_forward_kernel, (F1, F1)),
         ("relu_backward", activations.relu_backward_kernel, (F1, F1, int64, F1)),

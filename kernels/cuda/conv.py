@@ -9,7 +9,8 @@
   runs the forward GEMM; ``dense_backward_input`` runs the backward one, where ``kernel_t`` is
   simply ``kernel.T``.
 
-Shapes follow ``kernels/__init__.py``: x (N,H,W,Ci), kernel (kh,kw,Ci,Co), dense kernel (n_in,n_out).
+Shapes follow ``kernels/__init__.py``: x (N,H,W,Ci), kernel (kh,kw,Ci,Co), dense kernel
+(n_in,n_out).
 """
 
 from numba import cuda

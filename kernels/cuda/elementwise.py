@@ -62,7 +62,8 @@ def scale_by_rms(grad, eps, out):
 
 def scale_by_mean_abs(grad, eps, out):
     """out = grad / (mean(|grad|) + eps), statistics per sample (axis 0)."""
-    scale_by_mean_abs_kernel[grad.shape[0], ROW_THREADS](_samples(grad), float32(eps), _samples(out))
+    kernel = scale_by_mean_abs_kernel[grad.shape[0], ROW_THREADS]
+    kernel(_samples(grad), float32(eps), _samples(out))
     return out
 
 

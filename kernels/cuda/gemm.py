@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from numba import cuda, float32, int32
 
-A_ROW_PAD = 2  # shared A tile is stored k-major; the padding spreads the transposed stores over banks
+A_ROW_PAD = 2  # the shared A tile is k-major; padding spreads its transposed stores over banks
 OUT_OF_IMAGE = -(1 << 30)  # row origin given to rows past M, so every tap of theirs reads zero
 
 
@@ -51,7 +51,8 @@ def conv_gemm_kernel(tile):
     bm, bn, bk, tm, tn = tile
     threads_m, threads_n = bm // tm, bn // tn
     threads = threads_m * threads_n
-    if bm % tm or bn % tn or threads % bk or threads % bn or (bm * bk) % threads or (bk * bn) % threads:
+    uneven = (bm % tm, bn % tn, threads % bk, threads % bn, bm * bk % threads, bk * bn % threads)
+    if any(uneven):
         raise ValueError(f"inconsistent GEMM tile {tile}")
     a_loads, a_row_step = bm * bk // threads, threads // bk  # A-tile elements each thread loads
     b_loads, b_row_step = bk * bn // threads, threads // bn
