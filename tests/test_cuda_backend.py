@@ -206,6 +206,11 @@ def test_sigmoid():
     run("cuda", "sigmoid_forward", x, out)
     assert_close(out, expected)
 
+    huge = np.array([[100.0, -100.0, 3e38, -3e38, 0.0, -0.0, 1e-30]], np.float32)
+    saturated = np.full(huge.shape, np.nan, np.float32)
+    run("cuda", "sigmoid_forward", huge, saturated)  # no overflow, neither on a GPU nor simulated
+    np.testing.assert_allclose(saturated, [[1, 0, 1, 0, 0.5, 0.5, 0.5]], rtol=0, atol=1e-30)
+
     grad_out = random(rng, *x.shape)
     grad_in, expected = np.full(x.shape, np.nan, np.float32), np.zeros(x.shape)
     ref.sigmoid_backward(grad_out.astype(np.float64), out.astype(np.float64), expected)

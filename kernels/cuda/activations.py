@@ -33,7 +33,12 @@ def relu_backward_kernel(grad_out, y, mode, grad_in):
 @cuda.jit(cache=True)
 def sigmoid_forward_kernel(x, out):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        out[i] = float32(1.0) / (float32(1.0) + math.exp(-x[i]))
+        # exp of a non-positive number only: no overflow to inf for any input
+        if x[i] >= 0:
+            out[i] = float32(1.0) / (float32(1.0) + math.exp(-x[i]))
+        else:
+            e = math.exp(x[i])
+            out[i] = e / (float32(1.0) + e)
 
 
 @cuda.jit(cache=True)
