@@ -9,6 +9,7 @@ float32, C-contiguous, NHWC (4-D) for images and activations.
 """
 
 import importlib
+import os
 
 import numpy as np
 
@@ -104,7 +105,9 @@ def get_backend(device: str = "cpu") -> Backend:
     if device not in DEVICES:
         raise ConvscopeError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "auto":
-        device = "cuda" if cuda_status()[0] else "cpu"
+        # the CUDA simulator is a test tool, never a choice for real work
+        simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+        device = "cuda" if not simulated and cuda_status()[0] else "cpu"
     if device == "cuda":
         usable, reason = cuda_status()
         if not usable:

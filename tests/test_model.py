@@ -190,3 +190,12 @@ def test_engine_matches_keras3_on_real_model_save_files(path):
     expected = np.load(path.with_suffix(".npz"))
     model = engine.load(path)
     assert rel_err(model.forward(expected["x"])[model.layer_names[-1]], expected["y"]) < 1e-5
+
+
+def test_auto_device_never_picks_the_cuda_simulator(monkeypatch):
+    from engine.backend import get_backend
+
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    assert get_backend("auto").name == "cpu"
+    with pytest.raises(ConvscopeError, match="unknown device"):
+        get_backend("tpu")
