@@ -19,9 +19,11 @@ from numba import njit, prange
 from kernels.cpu._types import c_array, i64, per_float, types
 from kernels.cpu.epilogue import bias_relu_inplace
 
-# Bytes of the im2col buffer per call; large enough that BLAS sees a tall matrix, small enough
-# to stay near the last-level cache (see benchmarks/kernel_sanity.py for the measurement).
-WORKSPACE_BYTES = 8 << 20
+# Bytes of the im2col buffer per call. Each chunk costs one Numba parallel region and one BLAS
+# call, and every hand-over between Numba's and OpenBLAS's thread pools costs a spin-wait/wake-up
+# (milliseconds on a busy 2-core box), so chunks are kept few: VGG16's largest layer at 224x224
+# (115 MB of columns) takes 4. See benchmarks/kernel_sanity.py --workspace-mb.
+WORKSPACE_BYTES = 32 << 20
 
 
 @njit(
