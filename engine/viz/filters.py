@@ -1,0 +1,239 @@
+"""What makes each filter of a conv layer fire: gradient ascent on the input, one image per filter.
+
+The algorithm is the Keras example ``conv_filter_visualization.py`` (VGG16, 2016-2018 versions):
+
+* start from a gray image with noise, ``(random(0..1) - 0.5) * 20 + 128``, (size, size, 3);
+* maximise the mean activation of one filter (``objectives.channel``) by ``steps`` (20) steps
+  of size ``step_size`` (1.0) along the gradient divided by its RMS, ``g / (sqrt(mean(g^2)) +
+  1e-5)`` (the original constant; later versions use ``K.epsilon()`` = 1e-7);
+* a filter whose loss is <= 0 at some step stops there (that step's update still applies), and
+  its loss is that non-positive number, so it is dropped (``stop_if_nonpositive`` in ascent.py);
+* the loss of a filter is the last one measured, before the last update, as the example prints;
+* when scanning, keep the filters with a positive loss, best first (the example stitches the
+  best 64 of the first 200 on an 8 x 8 grid, see ``pictures.stitch_grid``);
+* show each image with the example's ``deprocess_image`` (``pictures.standardize_to_uint8``).
+
+As in the example, the image goes into the network as it is: values around 128 in the
+network's own channel order, with no caffe preprocessing (no mean subtraction, no RGB -> BGR).
+The raw arrays returned are those network inputs; the uint8 pictures are standardised per image
+(so a global offset does not matter) and show the channels in the network's order.
+
+Differences, all deliberate: every filter of a batch is optimised in one pass through
+``ascent.gradient_ascent`` (samples are independent, so the result equals one-at-a-time runs);
+each filter's start image comes from its own seeded generator, ``default_rng([seed, filter])``,
+so a filter's picture does not depend on the batch size or on which other filters are scanned.
+
+Options for better pictures (all off by default, which gives the example):
+* ``transforms``: random jitter / scale / rotation per step (``engine.viz.transforms``), as Lucid;
+* ``tv``, ``l2``: total-variation and L2 (around gray 128) penalties, each divided by the number
+  of input values so the weight means the same at every size (``objectives``);
+* ``upscale_steps``: progressive upscaling as the later Keras example: start at
+  ``size / upscale_factor ** upscale_steps`` px, run ``steps`` steps, upscale by ``upscale_factor``
+  (bicubic), and repeat until ``size`` px. The later example upscales through a uint8 picture of
+  std 0.25; here the float image is clipped to its mean +- 2 std (what that round trip clips)
+  and resampled in float, without the 8-bit quantisation. Unlike that example, the last stage
+  also runs its ascent at full size. A filter that stops in one stage stays dropped.
+
+Shapes: images NHWC; ``FilterResult.images`` uint8 (k, size, size, c), ``raw`` float32 of the
+same shape, ``filters`` int64 (k,), ``losses`` float32 (k,).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import ConvscopeError
+from engine.preprocess import resize
+from engine.viz import objectives
+from engine.viz.ascent import gradient_ascent
+from engine.viz.pictures import standardize_to_uint8
+
+GRAY = 128.0
+NOISE = 20.0
+RMS_EPS = 1e-5
+
+
+@dataclass
+class FilterResult:
+    images: np.ndarray  # uint8 (k, size, size, c): the pictures, best first when scanning
+    raw: np.ndarray  # float32 (k, size, size, c): the optimised network inputs
+    filters: np.ndarray  # int64 (k,): the filter index of each picture
+    losses: np.ndarray  # float32 (k,): each filter's final loss (mean activation)
+    scanned_filters: np.ndarray  # int64 (n,): every filter optimised, in index order
+    scanned_losses: np.ndarray  # float32 (n,): their final losses (<= 0: dropped)
+
+
+def start_images(filters, size, seed=0, channels=3) -> np.ndarray:
+    """The example's noisy gray start image, one per filter from ``default_rng([seed, filter])``.
+
+    Returns float64 (n, size, size, channels), as the example's ``np.random.random`` does.
+    """
+    return np.stack(
+        [
+            (np.random.default_rng([int(seed), int(f)]).random((size, size, channels)) - 0.5) * NOISE + GRAY
+            for f in filters
+        ]
+    )
+
+
+def stage_sizes(size: int, upscale_steps: int = 0, upscale_factor: float = 1.2) -> list[int]:
+    """Image sizes of the progressive-upscaling stages, smallest first, ending at ``size``."""
+    return [int(size / upscale_factor**k) for k in range(int(upscale_steps), -1, -1)]
+
+
+def stopping_loss(losses: np.ndarray) -> np.ndarray:
+    """Per column of a (steps, n) loss history: the first loss <= 0 if any, else the last one."""
+    losses = np.asarray(losses)
+    stopped = losses <= 0
+    step = np.where(stopped.any(axis=0), stopped.argmax(axis=0), len(losses) - 1)
+    return losses[step, np.arange(losses.shape[1])]
+
+
+def parse_filter_spec(text: str) -> list[int]:
+    """'0-63', '3,7,9' or '0-3,10' -> a list of indices (ranges inclusive), order kept."""
+    indices = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ConvscopeError(f"filters {text!r}: give indices and ranges such as 0-63 or 1,5,9")
+        stop = int(high) if dash else int(low)
+        if stop < int(low):
+            raise ConvscopeError(f"filters {text!r}: range {part} runs backwards")
+        indices.extend(range(int(low), stop + 1))
+    if not indices:
+        raise ConvscopeError(f"filters {text!r}: no filter given")
+    return indices
+
+
+def _channel_count(model, layer, size):
+    shapes = model.output_shapes((size, size))
+    shape = shapes[model.layer_index(layer)]
+    if len(shape) != 3:
+        raise ConvscopeError(
+            f"layer {layer} has no filters to visualise (its output is a vector of {shape[0]}): "
+            "choose a convolution or pooling layer"
+        )
+    return shape[2]
+
+
+def _objective(layer, filters, n_values, tv, l2):
+    objective = objectives.channel(layer, filters)
+    if tv:
+        objective = objective - (float(tv) / n_values) * objectives.total_variation()
+    if l2:
+        objective = objective - (float(l2) / n_values) * objectives.l2(center=GRAY)
+    return objective
+
+
+def _upscale(x, size):
+    """Clip each image to mean +- 2 std and resample it, float and bicubic, to size x size."""
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    spread = 2 * x.std(axis=(1, 2, 3), keepdims=True)
+    x = np.clip(x, mean - spread, mean + spread)
+    return np.stack([resize(image, (size, size), "bicubic") for image in x])
+
+
+def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transforms, tv, l2, report):
+    """Run every stage on one batch of filters; returns (float32 images at the last size, losses)."""
+    x = start_images(filters, sizes[0], seed, model.input_shape[2]).astype(np.float32)
+    filters = np.asarray(filters)
+    alive = np.ones(len(filters), dtype=bool)
+    final = np.zeros(len(filters), dtype=np.float32)
+    for stage, size in enumerate(sizes):
+        if stage:
+            x = _upscale(x, size)
+        rows = np.flatnonzero(alive)
+        if len(rows):
+            objective = _objective(layer, filters[rows], x[0].size, tv, l2)
+            result = gradient_ascent(
+                model, x[rows], objective, steps=steps, step_size=step_size, normalize="rms",
+                eps=RMS_EPS, transforms=transforms, seed=seed + stage, stop_if_nonpositive=True,
+                callback=lambda step, _loss: report(stage, step + 1),
+            )
+            x[rows] = result.images
+            final[rows] = stopping_loss(result.losses)
+            alive[rows] = final[rows] > 0
+        report(stage, steps)
+    return x, final
+
+
+def visualize_filters(
+    model,
+    layer: str,
+    filters=None,
+    scan: int = 200,
+    keep: int | None = None,
+    size: int = 128,
+    steps: int = 20,
+    step_size: float = 1.0,
+    seed: int = 0,
+    batch: int = 32,
+    transforms=(),
+    tv: float = 0.0,
+    l2: float = 0.0,
+    upscale_steps: int = 0,
+    upscale_factor: float = 1.2,
+    callback=None,
+) -> FilterResult:
+    """Optimise one image per filter of ``layer``; see the module docstring for the algorithm.
+
+    ``filters`` None scans the first ``scan`` filters (capped at the layer's channel count) and
+    returns those with a positive loss, best first, at most ``keep`` of them; a list of indices
+    returns exactly those, in the given order, with no selection. ``batch`` filters are optimised
+    together (memory grows with it). ``callback(done, total)`` reports progress in ascent steps.
+    """
+    if size < 1 or steps < 1 or batch < 1:
+        raise ConvscopeError(f"size {size}, steps {steps} and batch {batch}: give positive numbers")
+    if upscale_steps < 0 or (upscale_steps and upscale_factor <= 1.0):
+        raise ConvscopeError("progressive upscaling needs upscale_steps >= 0 and a factor above 1")
+    sizes = stage_sizes(size, upscale_steps, upscale_factor)
+    if sizes[0] < model.min_input_size():
+        raise ConvscopeError(
+            f"the first upscaling stage would be {sizes[0]} px, below this network's minimum "
+            f"{model.min_input_size()} px: use fewer upscale steps or a larger size"
+        )
+    channels = _channel_count(model, layer, sizes[0])
+    selecting = filters is None
+    if selecting:
+        if scan < 1:
+            raise ConvscopeError(f"scan {scan}: give at least 1 filter to scan")
+        chosen = np.arange(min(int(scan), channels), dtype=np.int64)
+    else:
+        chosen = np.asarray(list(filters), dtype=np.int64).reshape(-1)
+        bad = chosen[(chosen < 0) | (chosen >= channels)]
+        if len(chosen) == 0 or len(bad):
+            raise ConvscopeError(
+                f"layer {layer} has filters 0 to {channels - 1}; "
+                + (f"filter {int(bad[0])} does not exist" if len(bad) else "no filter was given")
+            )
+
+    total = len(chosen) * len(sizes) * steps
+    raw = np.empty((len(chosen), size, size, model.input_shape[2]), dtype=np.float32)
+    losses = np.empty(len(chosen), dtype=np.float32)
+    for start in range(0, len(chosen), batch):
+        part = chosen[start : start + batch]
+
+        def report(stage, step, done=start * len(sizes) * steps, n=len(part)):
+            if callback is not None:
+                callback(done + n * (stage * steps + step), total)
+
+        raw[start : start + len(part)], losses[start : start + len(part)] = _optimise_batch(
+            model, layer, part, sizes, steps, step_size, seed, list(transforms), tv, l2, report
+        )
+
+    order = np.arange(len(chosen))
+    if selecting:
+        positive = np.flatnonzero(losses > 0)
+        order = positive[np.argsort(-losses[positive], kind="stable")]
+        if keep is not None:
+            order = order[: max(0, int(keep))]
+    return FilterResult(
+        images=standardize_to_uint8(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
+        raw=raw[order],
+        filters=chosen[order],
+        losses=losses[order],
+        scanned_filters=chosen,
+        scanned_losses=losses,
+    )
