@@ -131,7 +131,10 @@ def softmax_backward(grad_out, y, grad_in):
 
 
 def sigmoid_forward(x, out):
-    out[...] = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    """1 / (1 + exp(-x)), through exp(-|x|) so that no exponent overflows."""
+    x = x.astype(np.float64)
+    e = np.exp(-np.abs(x))
+    out[...] = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return out
 
 
