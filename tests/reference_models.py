@@ -166,6 +166,60 @@ def guided_relu(z):
     return GuidedReLU.apply(z)
 
 
+class ForcedReLU(torch.autograd.Function):
+    """ReLU whose backward uses a given mask (another implementation's decisions) instead of its
+    own forward's; guided additionally keeps only positive incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, z, mask, guided):
+        ctx.save_for_backward(mask)
+        ctx.guided = guided
+        return z.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        keep = mask & (grad > 0) if ctx.guided else mask
+        return grad * keep.to(grad.dtype), None, None
+
+
+class ForcedMaxPool(torch.autograd.Function):
+    """2-D max-pool (NCHW) whose backward routes each gradient to given flat argmax indices."""
+
+    @staticmethod
+    def forward(ctx, x, indices, pool):
+        ctx.save_for_backward(indices)
+        ctx.pool, ctx.size = pool, x.shape[-2:]
+        return F.max_pool2d(x, pool)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return F.max_unpool2d(grad, indices, ctx.pool, output_size=ctx.size), None, None
+
+
+def decisions_from_outputs(table, acts: dict) -> dict:
+    """Every ReLU mask and max-pool argmax implied by one implementation's layer outputs (NHWC
+    numpy, float32 or 64): {"relu": {layer: bool NHWC or (N, n)}, "pool": {layer: NCHW flat
+    indices into the feeding map, as torch's max_pool2d returns them}}."""
+    relu, pool, previous = {}, {}, None
+    for t in table:
+        name = t["name"]
+        if t.get("activation") == "relu":
+            relu[name] = np.asarray(acts[name]) > 0
+        elif t["kind"] == "maxpool2d":
+            feed = np.asarray(acts[previous])
+            n, h, w, c = feed.shape
+            ph, pw = t["pool_size"]
+            win = np.argmax(_windows(feed, (ph, pw)), axis=-1)  # (n, ho, wo, c), first maximum
+            ho, wo = win.shape[1:3]
+            rows = np.arange(ho)[None, :, None, None] * ph + win // pw
+            cols = np.arange(wo)[None, None, :, None] * pw + win % pw
+            pool[name] = (rows * w + cols).transpose(0, 3, 1, 2).astype(np.int64)
+        previous = name
+    return {"relu": relu, "pool": pool}
+
+
 def _relu(mode):
     if mode == "standard":
         return F.relu
@@ -212,12 +266,22 @@ class TorchVGG16(torch.nn.Module):
             names.append(t["name"])
         return names
 
-    def forward(self, x, relu="standard", stop_at=None, pre=None):
+    def forward(self, x, relu="standard", stop_at=None, pre=None, forced=None):
         """{name: output} for an NHWC tensor x; 4-D outputs NHWC. Stops after layer stop_at.
 
         If ``pre`` is a dict, each conv layer's pre-activation (NHWC) is also stored in it.
+        ``forced`` (from ``decisions_from_outputs``) makes the backward follow another
+        implementation's ReLU masks and pool winners; the forward values are unchanged.
         """
         act = _relu(relu)
+        if forced is not None:
+            guided = relu == "guided"
+            _relu(relu)
+
+            def forced_act(z, name):
+                mask = torch.from_numpy(forced["relu"][name])
+                return ForcedReLU.apply(z, mask.permute(0, 3, 1, 2) if z.dim() == 4 else mask, guided)
+        
         h = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
         out = {}
         for t in self.table:
@@ -226,15 +290,19 @@ class TorchVGG16(torch.nn.Module):
                 z = self.layers[name](h)
                 if pre is not None:
                     pre[name] = z.permute(0, 2, 3, 1)
-                h = act(z)
+                h = act(z) if forced is None else forced_act(z, name)
             elif kind == "maxpool2d":
-                h = F.max_pool2d(h, t["pool_size"])
+                if forced is None:
+                    h = F.max_pool2d(h, t["pool_size"])
+                else:
+                    indices = torch.from_numpy(forced["pool"][name])
+                    h = ForcedMaxPool.apply(h, indices, t["pool_size"])
             elif kind == "flatten":
                 h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)  # Keras' (h, w, c) order
             elif kind == "dense":
                 z = self.layers[name](h)
                 if t["activation"] == "relu":
-                    h = act(z)
+                    h = act(z) if forced is None else forced_act(z, name)
                 elif t["activation"] == "softmax":
                     out["logits"] = z
                     if stop_at == "logits":
@@ -263,10 +331,14 @@ class TorchVGG16(torch.nn.Module):
         names = self.layer_names if names is None else names
         return {n: acts[n].numpy() for n in names}
 
-    def input_gradient(self, x, layer, grad_output, relu="standard") -> np.ndarray:
-        """d sum(grad_output * layer(x)) / dx, NHWC, in this model's dtype."""
+    def input_gradient(self, x, layer, grad_output, relu="standard", forced=None) -> np.ndarray:
+        """d sum(grad_output * layer(x)) / dx, NHWC, in this model's dtype.
+
+        ``forced``: see ``forward``; the gradient another implementation should get given the
+        ReLU and max-pool decisions its own forward pass made.
+        """
         xt = self._input(x, requires_grad=True)
-        y = self(xt, relu=relu, stop_at=layer)[layer]
+        y = self(xt, relu=relu, stop_at=layer, forced=forced)[layer]
         g = torch.tensor(np.asarray(grad_output), dtype=self.dtype)
         if g.shape != y.shape:
             raise ValueError(f"grad_output {tuple(g.shape)} != {layer} output {tuple(y.shape)}")
