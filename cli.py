@@ -560,5 +560,135 @@ def show_weights(
     typer.echo(f"wrote {out} ({view.picture.shape[1]}x{view.picture.shape[0]}: {what} of {layer})")
 
 
+# ------------------------------------------------------------------------------- gradcam, activations
+
+
+class Score(str, Enum):
+    logit = "logit"
+    probability = "probability"
+
+
+@command()
+def gradcam(
+    image: Annotated[Path, typer.Argument(help="Image file (JPEG, PNG, ...).", show_default=False)],
+    klass: Annotated[
+        Optional[str],
+        typer.Option("--class", "-c", help="Class to explain (index or name). Default: the top class.", show_default=False),
+    ] = None,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Convolution or pooling layer to weigh.")] = "block5_conv3",
+    score: Annotated[
+        Score,
+        typer.Option("--score", help="'logit': the pre-softmax score (Grad-CAM paper); 'probability': the softmax output (Keras example)."),
+    ] = Score.logit,
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the coloured heatmap over the photo.")] = 0.4,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+    array_path: SaveArray = None,
+):
+    """Where the network sees a class: the Grad-CAM heatmap, jet-coloured, blended over the photo."""
+    from engine.images import resize_image
+    from engine.preprocess import resize
+    from engine.viz.cam import n_classes
+    from engine.viz.colormaps import overlay
+    from engine.viz.gradcam import grad_cam
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ConvscopeError(f"--alpha {alpha}: give a weight between 0 and 1")
+    photo = load_image(image)  # a bad image fails before the slow load
+    out = check_output(out if out is not None else Path(f"{image.stem}_gradcam.png"), overwrite)
+    check_array_output(array_path, overwrite)
+    model = load_model(weights, device, need_top=True)
+    width_classes = n_classes(model)
+    names = class_names_for(width_classes)
+    wanted = resolve_class(klass, width_classes, names) if klass is not None else None
+    resolve_layer(model, layer)
+    height, width = (s or 224 for s in model.input_shape[:2])
+    x = engine.preprocess_input(resize_image(photo, (width, height)))
+    result = grad_cam(model, x, classes=wanted, layer=layer, score=score.value)
+
+    p = result.probabilities[0]
+    for rank, index in enumerate(np.argsort(-p, kind="stable")[:3], start=1):
+        typer.echo(f"{rank:>3}. {p[index]:.4f}  {class_label(index, names)}")
+    k, heatmap = int(result.classes[0]), result.heatmaps[0]
+    typer.echo(f"Grad-CAM of {layer} for class {k} ({class_label(k, names)}): {score.value} {result.scores[0]:.6g}")
+    if heatmap.max() == 0:
+        typer.echo(f"note: the heatmap is all zeros (no channel of {layer} speaks for class {k})")
+    photo_size = (photo.shape[1], photo.shape[0])
+    picture = overlay(photo, np.clip(resize(heatmap, photo_size, "bilinear"), 0.0, 1.0), alpha)
+    save_image(out, picture, overwrite)
+    save_array(array_path, heatmap, overwrite)
+    typer.echo(f"wrote {out} ({photo_size[0]}x{photo_size[1]}; heatmap {_shape_text(heatmap.shape)} at {layer})")
+
+
+ACTIVATION_GAP = 2  # pixels between tiles
+MIN_TILE = 48  # small maps (14x14 at block5) are enlarged to at least this many pixels
+TITLE_BAND = 22  # height of the white band that carries the layer's name
+
+
+def activation_zoom(side: int) -> int:
+    """Integer enlargement of a side-pixel map so that its tile is at least MIN_TILE pixels."""
+    return max(1, -(-MIN_TILE // max(1, int(side))))
+
+
+def titled(picture: np.ndarray, title: str) -> np.ndarray:
+    """The picture under a white band with the title in PIL's default font."""
+    from PIL import Image, ImageDraw
+
+    height, width = picture.shape[:2]
+    canvas = Image.new("RGB", (width, height + TITLE_BAND), "white")
+    canvas.paste(Image.fromarray(picture), (0, TITLE_BAND))
+    ImageDraw.Draw(canvas).text((4, 5), title, fill="black")
+    return np.asarray(canvas)
+
+
+@command()
+def activations(
+    image: Annotated[Path, typer.Argument(help="Image file (JPEG, PNG, ...).", show_default=False)],
+    layers: Annotated[
+        Optional[str],
+        typer.Option("--layers", help="Comma-separated layer names. Default: the first 8 layers.", show_default=False),
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Input height and width in pixels (VGG16: at least 32).")] = 224,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the pictures, one PNG per layer (created if missing).")
+    ] = Path("activations"),
+    overwrite: Overwrite = False,
+):
+    """What each channel of a layer sees in a photo: every channel a tile, 16 per row, one PNG per layer."""
+    from engine.images import resize_image
+    from engine.viz.activations import activation_grid, activation_maps, default_layers
+
+    if size < 1:
+        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
+    photo = load_image(image)  # a bad image fails before the slow load
+    if out.exists() and not out.is_dir():
+        raise ConvscopeError(f"{out}: is a file; --out names a folder")
+    if not out.exists() and not out.absolute().parent.is_dir():
+        raise ConvscopeError(f"{out}: folder {out.absolute().parent} does not exist (create it first)")
+    model = load_model(weights, device)
+    names = [n.strip() for n in layers.split(",") if n.strip()] if layers is not None else default_layers(model)
+    names = list(dict.fromkeys(resolve_layer(model, name) for name in names))
+    if not names:
+        raise ConvscopeError("--layers names no layer: give names like block1_conv1,block2_pool")
+    paths = {name: out / f"{name}.png" for name in names}
+    if out.is_dir():
+        for path in paths.values():
+            check_output(path, overwrite)
+    maps = activation_maps(model, engine.preprocess_input(resize_image(photo, (size, size))), names)
+    out.mkdir(exist_ok=True)
+    with progress("writing pictures", total=len(names)) as update:
+        for done, name in enumerate(names, start=1):
+            a = maps[name][0]
+            grid = activation_grid(a, gap=ACTIVATION_GAP, zoom=activation_zoom(min(a.shape[:2])))
+            picture = titled(grid, f"{name}  {_shape_text(a.shape)}")
+            save_image(paths[name], picture, overwrite)
+            typer.echo(f"wrote {paths[name]} ({picture.shape[1]}x{picture.shape[0]}: {a.shape[2]} channels of {_shape_text(a.shape[:2])})")
+            update(done)
+
+
 if __name__ == "__main__":
     app()
