@@ -612,7 +612,8 @@ def gradcam(
     for rank, index in enumerate(np.argsort(-p, kind="stable")[:3], start=1):
         typer.echo(f"{rank:>3}. {p[index]:.4f}  {class_label(index, names)}")
     k, heatmap = int(result.classes[0]), result.heatmaps[0]
-    typer.echo(f"Grad-CAM of {layer} for class {k} ({class_label(k, names)}): {score.value} {result.scores[0]:.6g}")
+    label = f"class {k}" + (f" ({names[k]})" if names is not None else "")
+    typer.echo(f"Grad-CAM of {layer} for {label}: {score.value} {result.scores[0]:.6g}")
     if heatmap.max() == 0:
         typer.echo(f"note: the heatmap is all zeros (no channel of {layer} speaks for class {k})")
     photo_size = (photo.shape[1], photo.shape[0])
