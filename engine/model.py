@@ -89,11 +89,13 @@ class Model:
     def n_params(self) -> int:
         return sum(layer.n_params for layer in self.layers)
 
-    def output_shapes(self, input_hw) -> list[tuple]:
-        """Per-layer output shapes (without batch) for an input of (H, W); checks the size fits."""
+    def output_shapes(self, input_hw, upto=None) -> list[tuple]:
+        """Per-layer output shapes (without batch) for an input of (H, W), up to layer index
+        ``upto`` (default: all); checks the size fits those layers."""
         shape = (int(input_hw[0]), int(input_hw[1]), self.input_shape[2])
         shapes = []
-        for layer in self.layers:
+        last = len(self.layers) - 1 if upto is None else upto
+        for layer in self.layers[: last + 1]:
             new = layer_output_shape(layer, shape)
             if layer.kind == "dense" and shape[0] != layer.kernel.shape[0]:
                 raise ConvscopeError(
@@ -142,8 +144,9 @@ class Model:
         return self._index[name]
 
     # --- running ---------------------------------------------------------------------------
-    def check_input(self, x) -> np.ndarray:
-        """x as float32 NHWC, with a clear error for a wrong rank, channel count or size."""
+    def check_input(self, x, upto=None) -> np.ndarray:
+        """x as float32 NHWC, with a clear error for a wrong rank, channel count or size (for the
+        layers up to index ``upto``: a pass that stops in the conv stack takes any size)."""
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[None]
@@ -156,7 +159,7 @@ class Model:
         x = np.ascontiguousarray(x, dtype=self.backend.dtype)
         if not np.isfinite(x).all():
             raise ConvscopeError("input contains NaN or infinite values")
-        self.output_shapes(x.shape[1:3])
+        self.output_shapes(x.shape[1:3], upto)
         return x
 
     def _buffer(self, role, index, shape, dtype=None):
@@ -169,8 +172,9 @@ class Model:
 
     def trace(self, x, upto=None) -> "Trace":
         """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs."""
-        x = self.check_input(x) if isinstance(x, np.ndarray) or not hasattr(x, "shape") else x
         last = len(self.layers) - 1 if upto is None else self.layer_index(upto)
+        if isinstance(x, np.ndarray) or not hasattr(x, "shape"):
+            x = self.check_input(x, last)
         self._generation += 1
         return Trace(self, self.backend.to_device(x) if isinstance(x, np.ndarray) else x, last)
 
@@ -285,13 +289,17 @@ class Trace:
             if name != INPUT:
                 wrt_index[model.layer_index(name)] = name
         start = max(model.layer_index(name) for name in injected)
+        # without 'input' the pass can stop at the shallowest layer asked for
+        stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)
         result = {}
         g = None
-        for i in range(start, -1, -1):
+        for i in range(start, stop - 1, -1):
             spec = layers[i]
             g = self._inject(g, injected.get(spec.name), i)
             if i in wrt_index:
                 result[wrt_index[i]] = backend.copy(g) if g is not None else backend.zeros(self.outputs[i].shape)
+                if i == stop and INPUT not in wrt:
+                    break
             if spec.kind in ("conv2d", "dense"):
                 if g is not None:
                     g = self._activation_backward(spec, i, g, mode)

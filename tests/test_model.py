@@ -199,3 +199,51 @@ def test_auto_device_never_picks_the_cuda_simulator(monkeypatch):
     assert get_backend("auto").name == "cpu"
     with pytest.raises(ConvscopeError, match="unknown device"):
         get_backend("tpu")
+
+
+def test_cuda_backend_matches_reference():
+    """The whole model (forward, injected backward, guided mode) on the CUDA backend; under the
+    CUDA simulator in CI (tests/conftest.py), on a GPU with CONVSCOPE_REAL_CUDA=1."""
+    from engine.backend import cuda_status
+
+    usable, reason = cuda_status()
+    if not usable:
+        pytest.skip(reason)
+    x = x_input(2)
+    ref, gpu = model64(), Model(small_spec(), device="cuda")
+    for layer in ["p1", "logits", "out"]:
+        b = ref.forward(x, [layer])[layer]
+        assert rel_err(gpu.forward(x, [layer])[layer], b) < 1e-5
+    g = uniform(8, "gpu", b.shape, -1, 1)
+    for relu in ["standard", "guided"]:
+        assert rel_err(gpu.input_gradient(x, "out", g, relu=relu), ref.input_gradient(x, "out", g, relu=relu)) < 1e-5
+    trace = gpu.trace(x)
+    g_c2 = uniform(6, "g2", trace.output("c2").shape, -1, 1)
+    both = trace.backward({"c2": g_c2, "d1": uniform(6, "gd", (2, 6), -1, 1)}, wrt=("input", "c2"))
+    expected = ref.trace(x).backward({"c2": g_c2, "d1": uniform(6, "gd", (2, 6), -1, 1)}, wrt=("input", "c2"))
+    for name in ("input", "c2"):
+        assert rel_err(gpu.backend.to_host(both[name]), expected[name]) < 1e-5
+
+
+def test_passes_that_stop_early_take_any_size_and_skip_unneeded_backward(monkeypatch):
+    model = model64()
+    x = uniform(9, "x", (1, 12, 12, 2), -1, 1)  # too big for the dense layers, fine for c1..c3
+    acts = model.forward(x, ["c2"])["c2"]
+    assert acts.shape == (1, 12 - 2, 12 - 2, 3)
+    with pytest.raises(ConvscopeError, match="features"):
+        model.forward(x)
+    # a gradient asked only at c3 never runs the backward of the layers below it
+    calls = []
+    ops = model.backend.ops
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ops, name)
+
+    x = x_input()
+    trace = model.trace(x)
+    monkeypatch.setattr(model.backend, "ops", Spy())
+    g = trace.backward({"out": uniform(9, "g", (2, 4), -1, 1)}, wrt=("c3",))["c3"]
+    assert g.shape == trace.output("c3").shape and np.abs(g).max() > 0
+    assert "conv2d_backward_input" not in calls and "maxpool_backward" not in calls
