@@ -877,5 +877,465 @@ def occlusion(
     )
 
 
+# ------------------------------------------------------------------------------- image folders, feature cache
+#
+# Dataset commands (neighbors, embed, patches) read a folder recursively. Each per-image array
+# they need (features of a layer, channel maxima, small pixel copies, thumbnails) is kept on disk,
+# one .npy per image, in a folder named by a hash of everything the array depends on: the weights
+# file's identity (size, first and last MiB), the layer, the pooling, the input size, and the
+# image file's contents. A second call on the same folder runs no forward pass; a changed file is
+# recomputed (its hash changes). Files are written atomically and read without pickles.
+
+CACHE_VERSION = 1
+PIXEL_SIDE = 32  # pixel space for neighbours: the images at 32 x 32, RGB values in [0, 1]
+
+
+def warn(message: str) -> None:
+    typer.echo(f"warning: {_one_line(message)}", err=True)
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/convscope, else ~/.cache/convscope."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convscope"
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """Every regular file under ``folder`` (recursive, sorted, hidden files and folders skipped)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ConvscopeError(f"{folder}: no such folder (check the path)")
+    if not folder.is_dir():
+        raise ConvscopeError(f"{folder}: is not a folder; --images names a folder of images")
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise ConvscopeError(f"{folder}: the folder holds no files (put images in it)")
+    return files
+
+
+def _blake(*chunks: bytes) -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """Hash of a file's contents."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_identity(path: Path) -> str:
+    """Hash of a weights file's size, first MiB and last MiB: cheap, and survives copies."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        head = file.read(1 << 20)
+        file.seek(max(0, size - (1 << 20)))
+        tail = file.read()
+    return _blake(str(size).encode(), head, tail)
+
+
+class FeatureCache:
+    """Per-image arrays on disk: ``<root>/<hash of what>/<image hash>.npy``; ``root`` None: off."""
+
+    def __init__(self, root: Optional[Path], *what):
+        self.folder = None if root is None else Path(root) / _blake(repr((CACHE_VERSION, *what)).encode())
+        self.failed = False
+
+    def get(self, digest: str) -> Optional[np.ndarray]:
+        if self.folder is None:
+            return None
+        try:
+            return np.load(self.folder / f"{digest}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # missing or damaged: compute it again
+            return None
+
+    def put(self, digest: str, array: np.ndarray) -> None:
+        if self.folder is None or self.failed:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=f".{digest}.", suffix=".part", dir=self.folder)
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    np.save(file, np.ascontiguousarray(array))
+                os.replace(temp, self.folder / f"{digest}.npy")
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+        except OSError as exc:  # a read-only or full cache must not stop the command
+            self.failed = True
+            warn(f"cannot write the feature cache in {self.folder} ({exc.strerror or exc}); going on without it")
+
+
+class PerImage:
+    """One array per image: ``compute`` maps uint8 RGB images (B, h, w, 3) at ``size`` =
+    (width, height) to (B, ...); results live in ``cache``."""
+
+    def __init__(self, cache: FeatureCache, size, compute: Callable):
+        self.cache, self.size, self.compute = cache, (int(size[0]), int(size[1])), compute
+
+
+class Gathered:
+    def __init__(self, paths, arrays, skipped, computed):
+        self.paths, self.arrays, self.skipped, self.computed = paths, arrays, skipped, computed
+
+
+def gather(paths, wanted: dict, batch: int = 16, description: str = "images", strict: bool = False) -> Gathered:
+    """{name: stacked array} over the readable images in ``paths``, from the cache where possible;
+    images missing any array are decoded once, ``batch`` at a time. An unreadable file is skipped
+    with a one-line warning (``strict``: it is an error)."""
+    from engine.images import resize_image
+
+    n = len(paths)
+    digests, results, missing, skipped = [None] * n, {name: [None] * n for name in wanted}, [], set()
+    for index, path in enumerate(paths):
+        try:
+            digests[index] = file_digest(path)
+        except OSError as exc:
+            if strict:
+                raise
+            warn(f"skipped {path}: {exc.strerror or exc}")
+            skipped.add(index)
+            continue
+        for name, item in wanted.items():
+            results[name][index] = item.cache.get(digests[index])
+        if any(results[name][index] is None for name in wanted):
+            missing.append(index)
+    with progress(f"reading {description}", total=len(missing)) as update:
+        for start in range(0, len(missing), max(1, batch)):
+            decoded = []
+            for index in missing[start : start + max(1, batch)]:
+                try:
+                    decoded.append((index, load_image(paths[index])))
+                except ConvscopeError as exc:
+                    if strict:
+                        raise
+                    warn(f"skipped {exc}")
+                    skipped.add(index)
+            for name, item in wanted.items():
+                todo = [(index, rgb) for index, rgb in decoded if results[name][index] is None]
+                if not todo:
+                    continue
+                arrays = item.compute(np.stack([resize_image(rgb, item.size) for _, rgb in todo]))
+                for (index, _), array in zip(todo, arrays):
+                    results[name][index] = array
+                    item.cache.put(digests[index], array)
+            update(min(start + batch, len(missing)))
+    kept = [index for index in range(n) if index not in skipped]
+    arrays = {name: np.stack([results[name][i] for i in kept]) if kept else None for name in wanted}
+    return Gathered([paths[i] for i in kept], arrays, len(skipped), len(missing) - len(skipped))
+
+
+def report_gathered(result: Gathered, folder: Path) -> None:
+    n = len(result.paths)
+    if n == 0:
+        raise ConvscopeError(f"{folder}: no readable image in the folder ({result.skipped} files skipped)")
+    cached = n - result.computed
+    skipped = f"; skipped {result.skipped} unreadable file{'s' if result.skipped != 1 else ''}" if result.skipped else ""
+    typer.echo(f"{folder}: {n} images ({cached} from the cache, {result.computed} computed){skipped}")
+
+
+ImagesDir = Annotated[
+    Path,
+    typer.Option("--images", "-i", help="Folder of images, searched recursively; unreadable files are skipped.", show_default=False),
+]
+CacheDir = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="Feature cache folder. Default: $XDG_CACHE_HOME/convscope or ~/.cache/convscope.", show_default=False),
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Images per forward pass (memory grows with it).")]
+SizeOpt = Annotated[
+    Optional[int],
+    typer.Option("--size", help="Network input height and width (default 224, or the file's fixed size).", show_default=False),
+]
+
+
+class Pooling(str, Enum):
+    avg = "avg"
+    flatten = "flatten"
+
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    l2 = "l2"
+
+
+class Method(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+PoolingOpt = Annotated[
+    Pooling,
+    typer.Option("--pool", help="Conv/pool layers: 'avg' = global average per channel; 'flatten' = every value. Dense layers: as they are."),
+]
+
+
+def cache_root(cache_dir: Optional[Path], no_cache: bool) -> Optional[Path]:
+    return None if no_cache else (cache_dir if cache_dir is not None else default_cache_dir())
+
+
+def dataset_model(weights: Optional[Path], device: Device, layer: Optional[str]):
+    """The model and the feature layer: by default the last hidden dense layer (fc2) when the file
+    has the classifier, else the last spatial layer (block5_pool)."""
+    from engine.viz.receptive import receptive_fields
+
+    model = load_model(weights, device)
+    if layer is not None and layer not in model.layer_names and not model.has_classifier and weights is None:
+        with contextlib.suppress(ConvscopeError):  # a dense layer: the classifier file, if there is one
+            model = load_model(None, device, need_top=True)
+    spatial = list(receptive_fields(model))
+    dense = [l.name for l in model.layers if l.kind == "dense"]
+    if layer is None:
+        return model, dense[-2] if len(dense) >= 2 else spatial[-1]
+    if layer not in model.layer_names and layer != "logits" and not model.has_classifier:
+        raise ConvscopeError(
+            f"layer {layer!r} is not in {model.path}, a file without the classifier (notop): give "
+            f"--weights with the classifier file for dense layers, or use a layer such as {spatial[-1]}"
+        )
+    return model, resolve_layer(model, layer)
+
+
+def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
+    """(height, width) of the network input, checked to fit the layers up to ``layer``."""
+    if size is not None and size < 1:
+        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
+    fixed = model.input_shape[:2]
+    hw = (size, size) if size is not None else (fixed if fixed[0] else (224, 224))
+    model.output_shapes(hw, upto=model.layer_index(layer))
+    return hw
+
+
+def feature_source(model, root, layer: str, pooling: str, hw, batch: int) -> PerImage:
+    from engine.viz.dataset import image_features
+
+    cache = FeatureCache(root, "features", weights_identity(model.path), layer, pooling, tuple(hw))
+    return PerImage(cache, (hw[1], hw[0]), lambda images: image_features(model, images, layer, pooling, batch))
+
+
+def picture_source(root, side: int) -> PerImage:
+    """The images themselves at side x side (uint8): pixel vectors and thumbnails."""
+    return PerImage(FeatureCache(root, "pixels", side), (side, side), lambda images: images)
+
+
+def write_text(path: Path, text: str, overwrite: bool = False) -> Path:
+    return write_output(path, lambda file: file.write(text.encode("utf-8")), overwrite)
+
+
+# ------------------------------------------------------------------------------- neighbors, embed, patches
+
+
+@command()
+def neighbors(
+    query: Annotated[Path, typer.Argument(help="The query image.", show_default=False)],
+    images: ImagesDir,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many neighbours per row.")] = 8,
+    layer: Annotated[
+        Optional[str],
+        typer.Option("--layer", "-l", help="Feature layer. Default: fc2 with the classifier file, else block5_pool.", show_default=False),
+    ] = None,
+    pooling: PoolingOpt = Pooling.avg,
+    metric: Annotated[Metric, typer.Option("--metric", help="Feature distance: 'cosine' (1 - cos) or 'l2'.")] = Metric.cosine,
+    size: SizeOpt = None,
+    thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail side in pixels.")] = 96,
+    batch: BatchOpt = 16,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+):
+    """Nearest neighbours of an image in a folder: in feature space (top row) and in pixel space (bottom row).
+
+    Pixel space is the images at 32 x 32 (RGB in [0, 1]) with the L2 distance. The query itself
+    (the same path) is never its own neighbour; another copy of it is, at distance 0.
+    """
+    from engine.viz.dataset import captioned_row, nearest, pixel_vectors, side_by_side, stack_rows
+
+    if top < 1 or thumb < 8:
+        raise ConvscopeError(f"--top {top} must be at least 1 and --thumb {thumb} at least 8")
+    query_picture = load_image(query, size=(thumb, thumb))  # a bad query fails before the slow load
+    files = folder_files(images)
+    out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
+    model, layer = dataset_model(weights, device, layer)
+    hw = dataset_input_hw(model, size, layer)
+    root = cache_root(cache_dir, no_cache)
+    wanted = {
+        "features": feature_source(model, root, layer, pooling.value, hw, batch),
+        "pixels": picture_source(root, PIXEL_SIDE),
+    }
+    found = gather(files, wanted, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    mine = gather([query], wanted, strict=True)
+    exclude = [i for i, path in enumerate(found.paths) if path.resolve() == query.resolve()]
+    rows = []
+    for what, title, items, q, how in (
+        ("features", f"features: {layer} ({pooling.value}), {metric.value}", found.arrays["features"],
+         mine.arrays["features"][0], metric.value),
+        ("pixels", f"pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB, l2", pixel_vectors(found.arrays["pixels"]),
+         pixel_vectors(mine.arrays["pixels"])[0], "l2"),
+    ):
+        indices, dist = nearest(q, items, top, how, exclude=exclude)
+        if len(indices) == 0:
+            raise ConvscopeError(f"{images}: no image other than the query to compare with")
+        typer.echo(f"{title}:")
+        for rank, (i, d) in enumerate(zip(indices, dist), start=1):
+            typer.echo(f"{rank:>3}. {d:.4f}  {found.paths[i]}")
+        thumbs = np.stack([load_image(found.paths[i], size=(thumb, thumb)) for i in indices])
+        rows.append(titled(captioned_row(thumbs, [f"{d:.3f}" for d in dist]), title))
+    left = titled(captioned_row(query_picture[None], [query.name[: thumb // 6]]), "query")
+    picture = side_by_side(left, stack_rows(rows))
+    save_image(out, picture, overwrite)
+    typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
+
+
+@command()
+def embed(
+    images: ImagesDir,
+    method: Annotated[Method, typer.Option("--method", help="'pca' (numpy SVD) or 'tsne' (needs the tsne extra).")] = Method.pca,
+    layer: Annotated[
+        Optional[str],
+        typer.Option("--layer", "-l", help="Feature layer. Default: fc2 with the classifier file, else block5_pool.", show_default=False),
+    ] = None,
+    pooling: PoolingOpt = Pooling.avg,
+    perplexity: Annotated[float, typer.Option("--perplexity", help="t-SNE perplexity (capped at (n - 1) / 3).")] = 30.0,
+    canvas: Annotated[int, typer.Option("--canvas", help="Side of the square picture in pixels.")] = 2000,
+    thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail side in pixels.")] = 64,
+    size: SizeOpt = None,
+    batch: BatchOpt = 16,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    seed: Seed = 0,
+    out: OutOpt = None,
+    csv_path: Annotated[
+        Optional[Path], typer.Option("--csv", help="Coordinates as CSV (path,x,y). Default: the picture's name with .csv.", show_default=False)
+    ] = None,
+    overwrite: Overwrite = False,
+):
+    """A folder's images placed at a 2-D embedding of their features (later images on top), and the coordinates as CSV."""
+    import csv
+    import io
+
+    from engine.viz.dataset import embedding_canvas, pca_2d, require_tsne, tsne_2d, tsne_perplexity
+
+    if thumb < 1 or canvas < thumb:
+        raise ConvscopeError(f"--thumb {thumb} must be at least 1 and --canvas {canvas} at least the thumbnail")
+    if method == Method.tsne:
+        require_tsne()
+        if perplexity <= 0:
+            raise ConvscopeError(f"--perplexity {perplexity}: give a positive number")
+    files = folder_files(images)
+    out = check_output(out if out is not None else Path(f"embed_{method.value}.png"), overwrite)
+    csv_path = check_output(csv_path if csv_path is not None else out.with_suffix(".csv"), overwrite, suffixes={".csv"})
+    model, layer = dataset_model(weights, device, layer)
+    hw = dataset_input_hw(model, size, layer)
+    root = cache_root(cache_dir, no_cache)
+    wanted = {
+        "features": feature_source(model, root, layer, pooling.value, hw, batch),
+        "thumbs": picture_source(root, thumb),
+    }
+    found = gather(files, wanted, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    if len(found.paths) < 2:
+        raise ConvscopeError(f"{images}: an embedding needs at least 2 readable images, found {len(found.paths)}")
+    if method == Method.pca:
+        coords = pca_2d(found.arrays["features"])
+        how = "PCA"
+    else:
+        coords = tsne_2d(found.arrays["features"], perplexity, seed)
+        how = f"t-SNE (perplexity {tsne_perplexity(len(coords), perplexity):g})"
+    picture = embedding_canvas(found.arrays["thumbs"], coords, canvas)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "x", "y"])
+    for path, (x, y) in zip(found.paths, coords):
+        writer.writerow([str(path), f"{x:.9g}", f"{y:.9g}"])
+    save_image(out, picture, overwrite)
+    write_text(csv_path, text.getvalue(), overwrite)
+    typer.echo(f"wrote {out} ({canvas}x{canvas}: {len(coords)} images by {how} of {layer}) and {csv_path}")
+
+
+@command()
+def patches(
+    images: ImagesDir,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Convolution or pooling layer.")] = "block4_conv1",
+    channels: Annotated[str, typer.Option("--channels", help="Channels, e.g. 0-15 or 3,7,9 (one row each).")] = "0-15",
+    top: Annotated[int, typer.Option("--top", "-k", help="Images per channel, strongest first.")] = 9,
+    size: Annotated[int, typer.Option("--size", help="Network input height and width; patches are cut from the images at this size.")] = 224,
+    margin: Annotated[int, typer.Option("--margin", help="Pixels between patches.")] = 2,
+    batch: BatchOpt = 16,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+):
+    """The image regions that excite each channel most: the receptive field of each image's arg-max, one row per channel.
+
+    Each image gives at most one patch per channel (its strongest position). Parts of a field
+    beyond the image border show the network's zero padding (the ImageNet mean colour).
+    """
+    from engine.viz.dataset import image_channel_maxima, patch_tiles, top_patches
+    from engine.viz.filters import parse_filter_spec
+    from engine.viz.pictures import enlarge, stitch_grid
+    from engine.viz.receptive import receptive_field
+
+    chosen = parse_filter_spec(channels)
+    if top < 1 or margin < 0:
+        raise ConvscopeError(f"--top {top} must be at least 1 and --margin {margin} not negative")
+    files = folder_files(images)
+    out = check_output(out if out is not None else Path(f"patches_{layer}.png"), overwrite)
+    model = load_model(weights, device)
+    field = receptive_field(model, layer)
+    hw = dataset_input_hw(model, size, layer)
+    n_channels = model.output_shapes(hw, upto=model.layer_index(layer))[-1][-1]
+    if max(chosen) >= n_channels:
+        raise ConvscopeError(f"channel {max(chosen)} is out of range: {layer} has {n_channels} channels (0 to {n_channels - 1})")
+
+    def maxima(batch_images):  # (B, 3, C) float64: value, row, column
+        values, positions = image_channel_maxima(model, batch_images, layer, batch)
+        return np.concatenate([values[:, None, :].astype(np.float64), positions.transpose(0, 2, 1).astype(np.float64)], axis=1)
+
+    cache = FeatureCache(cache_root(cache_dir, no_cache), "channel-maxima", weights_identity(model.path), layer, tuple(hw))
+    found = gather(files, {"maxima": PerImage(cache, (hw[1], hw[0]), maxima)}, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    packed = found.arrays["maxima"]
+    values, positions = packed[:, 0, :], packed[:, 1:, :].transpose(0, 2, 1).astype(np.int64)
+    best = top_patches(values, positions, field, hw, chosen, top)
+    sources = {int(i): load_image(found.paths[int(i)], size=(hw[1], hw[0])) for i in np.unique(best.images)}
+    tiles = patch_tiles(sources, best, field)
+    rows, columns = tiles.shape[:2]
+    zoom = activation_zoom(min(field.size))
+    tiles = enlarge(tiles.reshape((rows * columns,) + tiles.shape[2:]), zoom)
+    picture = stitch_grid(tiles, rows=rows, columns=columns, margin=margin, fill=255)
+    for row, channel in enumerate(best.channels):
+        i = best.images[row, 0]
+        typer.echo(
+            f"channel {int(channel):>4}: max {best.values[row, 0]:.4g} in {found.paths[int(i)]} "
+            f"at {tuple(int(v) for v in best.positions[row, 0])}, field {tuple(int(v) for v in best.boxes[row, 0])}"
+        )
+    save_image(out, picture, overwrite)
+    typer.echo(
+        f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}: {rows} channels x {columns} patches of "
+        f"{field.size[0]} px, the receptive field of {layer})"
+    )
+
+
 if __name__ == "__main__":
     app()
