@@ -784,7 +784,7 @@ def saliency(
 
     echo_top_classes(result.probabilities[0], names)
     k = int(result.classes[0])
-    typer.echo(f"{name} for class {k} ({class_label(k, names)}): logit {result.scores[0]:.6g}")
+    typer.echo(f"{name} for {class_label(k, names) if names is None else f'class {k} ({names[k]})'}: logit {result.scores[0]:.6g}")
     if method is SaliencyMethod.integrated:
         change = result.scores[0] - result.baseline_scores[0]
         error = float(result.completeness_error[0])
@@ -856,7 +856,7 @@ def occlusion(
     k, drops, heatmap = int(result.classes[0]), result.drops[0], result.heatmaps[0]
     i, j = np.unravel_index(int(np.argmax(drops)), drops.shape)
     typer.echo(
-        f"occlusion for class {k} ({class_label(k, names)}): probability {p[k]:.4f}; "
+        f"occlusion for {class_label(k, names) if names is None else f'class {k} ({names[k]})'}: probability {p[k]:.4f}; "
         f"{drops.size} positions ({drops.shape[0]} x {drops.shape[1]}) of a {window} px square"
     )
     typer.echo(
