@@ -1337,5 +1337,222 @@ def patches(
     )
 
 
+# ------------------------------------------------------------------------------- fool, invert, texture
+
+
+class FoolMethod(str, Enum):
+    iterative = "iterative"
+    fgsm = "fgsm"
+
+
+class Optimizer(str, Enum):
+    auto = "auto"
+    lbfgs = "lbfgs"
+    adam = "adam"
+
+
+def output_prefix(out: Optional[Path], default: str) -> Path:
+    """--out as a prefix: 'runs/koala' -> runs/koala.png, runs/koala_diff.png, ... (a suffix is dropped)."""
+    prefix = Path(out) if out is not None else Path(default)
+    return prefix.with_suffix("") if prefix.suffix.lower() in IMAGE_SUFFIXES else prefix
+
+
+def side_by_side(pictures, gap: int = 4) -> np.ndarray:
+    """Equal-height uint8 RGB pictures in a row on white, ``gap`` pixels apart."""
+    height = max(p.shape[0] for p in pictures)
+    width = sum(p.shape[1] for p in pictures) + gap * (len(pictures) - 1)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    left = 0
+    for p in pictures:
+        canvas[: p.shape[0], left : left + p.shape[1]] = p
+        left += p.shape[1] + gap
+    return canvas
+
+
+def _top_text(p, names, k=3) -> str:
+    order = np.argsort(-p, kind="stable")[:k]
+    return ", ".join(f"{class_label(int(i), names)} {p[i]:.4f}" for i in order)
+
+
+@command()
+def fool(
+    images: Annotated[list[Path], typer.Argument(help="Image file(s) (JPEG, PNG, ...).", show_default=False)],
+    target: Annotated[
+        list[str],
+        typer.Option("--target", "-t", help="Class to reach (index or name); repeat for several (one per image, or all for one image).", show_default=False),
+    ],
+    method: Annotated[FoolMethod, typer.Option("--method", help="'iterative' (Adam, L2 penalty, stops at --confidence) or 'fgsm' (one signed step).")] = FoolMethod.iterative,
+    confidence: Annotated[float, typer.Option("--confidence", help="Iterative: stop once p(target) reaches this.")] = 0.99,
+    steps: Annotated[int, typer.Option("--steps", help="Iterative: at most this many steps.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", help="Iterative: Adam step in pixel levels (0-255).")] = 0.5,
+    l2: Annotated[float, typer.Option("--l2", help="Iterative: weight of (1/2)||x - x0||^2 (pixel levels).")] = 1e-3,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="FGSM: step in pixel levels (0-255).")] = 2.0,
+    amplify: Annotated[float, typer.Option("--amplify", help="Difference picture: change x this, around gray.")] = 10.0,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Prefix: writes PREFIX.png, PREFIX_diff.png, PREFIX_compare.png (default <image>_fool).", show_default=False),
+    ] = None,
+    overwrite: Overwrite = False,
+):
+    """Adversarial image: change a photo as little as possible until the network says --target."""
+    from engine.images import resize_image
+    from engine.viz.fool import change_size, fgsm, fool as fool_images
+
+    if method == FoolMethod.iterative and (steps < 1 or not 0 < confidence < 1):
+        raise ConvscopeError(f"--steps {steps} must be at least 1 and --confidence {confidence} between 0 and 1")
+    photos = [load_image(path) for path in images]  # bad images fail before the slow load
+    n = max(len(photos), len(target))
+    if len(photos) != n and len(photos) != 1 or len(target) != n and len(target) != 1:
+        raise ConvscopeError(f"{len(images)} images and {len(target)} targets: give one target per image, or one of either")
+    sources = [images[0 if len(images) == 1 else i] for i in range(n)]
+    base = output_prefix(out, f"{images[0].stem}_fool")
+    prefixes = [base] if n == 1 else [base.with_name(f"{base.name}_{i}") for i in range(n)]
+    paths = [{kind: p.with_name(p.name + suffix) for kind, suffix in (("image", ".png"), ("diff", "_diff.png"), ("compare", "_compare.png"))} for p in prefixes]
+    for group in paths:
+        for path in group.values():
+            check_output(path, overwrite)
+    model = load_model(weights, device, need_top=True)
+    n_classes = model.layers[-1].kernel.shape[1]
+    names = class_names_for(n_classes)
+    targets = [resolve_class(t, n_classes, names) for t in target]
+    targets = np.array(targets * n if len(targets) == 1 else targets)
+    height, width = (s or 224 for s in model.input_shape[:2])
+    rgb = np.stack([resize_image(photos[0 if len(photos) == 1 else i], (width, height)) for i in range(n)])
+    x = engine.preprocess_input(rgb)
+    start = time.perf_counter()
+    if method == FoolMethod.fgsm:
+        result = fgsm(model, x, targets, epsilon=epsilon)
+    else:
+        with progress("fooling", total=steps) as update:
+            result = fool_images(model, x, targets, confidence=confidence, steps=steps, lr=lr, l2=l2,
+                                 callback=lambda step, loss: update(step + 1))
+    elapsed = time.perf_counter() - start
+    new_rgb = engine.deprocess(result.images)
+    saved_p = model.predict(engine.preprocess_input(new_rgb))  # what the saved 8-bit files get
+    size_l2, size_linf = change_size(rgb.astype(np.float32), new_rgb.astype(np.float32))
+    for i in range(n):
+        k = int(targets[i])
+        p0, p1 = result.original_probabilities[i], saved_p[i]
+        what = f"{method.value}, {int(result.steps[i])} step(s)" + (f", epsilon {epsilon:g}" if method == FoolMethod.fgsm else "")
+        typer.echo(f"{sources[i]} -> {class_label(k, names)} ({what}):")
+        typer.echo(f"  original: {_top_text(p0, names)}")
+        typer.echo(f"  new:      {_top_text(p1, names)}")
+        reached = p1[k] >= confidence if method == FoolMethod.iterative else int(np.argmax(p1)) == k
+        typer.echo(f"  p(target) {p0[k]:.4f} -> {p1[k]:.4f} ({'reached' if reached else 'NOT reached'}); "
+                   f"change: L2 {size_l2[i]:.2f}, L-inf {size_linf[i]:.0f} pixel levels")
+        diff = new_rgb[i].astype(np.float32) - rgb[i].astype(np.float32)
+        diff_picture = np.clip(np.rint(128 + amplify * diff), 0, 255).astype(np.uint8)
+        top0, top1 = int(np.argmax(p0)), int(np.argmax(p1))
+        compare = side_by_side([
+            titled(rgb[i], f"{class_label(top0, names)} {p0[top0]:.3f}"),
+            titled(new_rgb[i], f"{class_label(top1, names)} {p1[top1]:.3f}"),
+            titled(diff_picture, f"change x{amplify:g}"),
+        ])
+        for kind, picture in (("image", new_rgb[i]), ("diff", diff_picture), ("compare", compare)):
+            save_image(paths[i][kind], picture, overwrite)
+        typer.echo(f"  wrote {paths[i]['image']}, {paths[i]['diff'].name}, {paths[i]['compare'].name}")
+    typer.echo(f"done in {elapsed:.1f} s on {model.device}")
+
+
+@command()
+def invert(
+    image: Annotated[Path, typer.Argument(help="Image file (JPEG, PNG, ...).", show_default=False)],
+    layer: Annotated[
+        str, typer.Option("--layer", "-l", help="Layer(s) to invert, comma-separated, or 'all' (each block's last convolution).")
+    ] = "block4_conv1",
+    size: Annotated[int, typer.Option("--size", help="Input height and width in pixels.")] = 224,
+    steps: Annotated[int, typer.Option("--steps", help="Adam steps.")] = 200,
+    lr: Annotated[float, typer.Option("--lr", help="Adam step in pixel levels.")] = 2.0,
+    lambda_alpha: Annotated[float, typer.Option("--lambda-alpha", help="Weight of the alpha-norm (alpha 6, B 80).")] = 1e-3,
+    lambda_tv: Annotated[float, typer.Option("--lambda-tv", help="Weight of the total variation (beta 2).")] = 0.5,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    seed: Seed = 0,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+):
+    """Feature inversion (Mahendran & Vedaldi): what a layer still knows of the photo, one picture per layer."""
+    from engine.images import resize_image
+    from engine.viz.invert import block_layers
+    from engine.viz.invert import invert as invert_image
+
+    if size < 1 or steps < 1:
+        raise ConvscopeError(f"--size {size} and --steps {steps} must be positive")
+    photo = load_image(image)
+    out = check_output(out if out is not None else Path(f"{image.stem}_invert.png"), overwrite)
+    model = load_model(weights, device)
+    names = block_layers(model) if layer == "all" else [resolve_layer(model, n.strip()) for n in layer.split(",") if n.strip()]
+    if not names:
+        raise ConvscopeError("--layer names no layer: give e.g. block4_conv1, a comma list, or 'all'")
+    rgb = resize_image(photo, (size, size))
+    with progress(f"inverting {len(names)} layer(s)", total=steps) as update:
+        result = invert_image(model, engine.preprocess_input(rgb), names, steps=steps, lr=lr,
+                              lambda_alpha=lambda_alpha, lambda_tv=lambda_tv, seed=seed,
+                              callback=lambda step, loss: update(step + 1))
+    pictures = engine.deprocess(result.images)
+    for i, name in enumerate(result.layers):
+        typer.echo(f"{name}: loss {result.losses[0, i]:.4g} -> {result.losses[-1, i]:.4g} "
+                   f"(feature term {result.feature_losses[i]:.4g}) in {len(result.losses)} steps")
+    strip = side_by_side([titled(rgb, "original")] + [titled(p, n) for p, n in zip(pictures, result.layers)])
+    save_image(out, strip, overwrite)
+    typer.echo(f"wrote {out} ({strip.shape[1]}x{strip.shape[0]}: the photo and {len(names)} reconstruction(s))")
+
+
+@command()
+def texture(
+    image: Annotated[Path, typer.Argument(help="Texture / style image (JPEG, PNG, ...).", show_default=False)],
+    content: Annotated[
+        Optional[Path], typer.Option("--content", help="Style transfer: render this photo in the image's style.", show_default=False)
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Height and width of the result (and of the style image).")] = 224,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser iterations (L-BFGS: network passes).")] = 200,
+    method: Annotated[Optimizer, typer.Option("--method", help="'lbfgs' (needs scipy: the texture extra), 'adam', or 'auto'.")] = Optimizer.auto,
+    style_layers: Annotated[
+        Optional[str], typer.Option("--style-layers", help="Comma-separated Gram layers (default: each block's first conv).", show_default=False)
+    ] = None,
+    content_layer: Annotated[
+        Optional[str], typer.Option("--content-layer", help="Content layer (default block4_conv2, else the deepest conv).", show_default=False)
+    ] = None,
+    content_weight: Annotated[float, typer.Option("--content-weight", help="Weight of the content term.")] = 1.0,
+    tv: Annotated[float, typer.Option("--tv", help="Total-variation weight.")] = 0.1,
+    lr: Annotated[float, typer.Option("--lr", help="Adam step in pixel levels.")] = 4.0,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    seed: Seed = 0,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+):
+    """Gram-matrix texture synthesis (Gatys et al.), or style transfer with --content."""
+    from engine.images import resize_image
+    from engine.viz.texture import _lbfgs, synthesize
+
+    if size < 1 or steps < 1:
+        raise ConvscopeError(f"--size {size} and --steps {steps} must be positive")
+    if method == Optimizer.lbfgs:
+        _lbfgs()  # a missing scipy fails before any work
+    style_rgb = resize_image(load_image(image), (size, size))
+    content_rgb = resize_image(load_image(content), (size, size)) if content is not None else None
+    default = f"{image.stem}_texture.png" if content is None else f"{content.stem}_as_{image.stem}.png"
+    out = check_output(out if out is not None else Path(default), overwrite)
+    model = load_model(weights, device)
+    layers = [resolve_layer(model, n.strip()) for n in style_layers.split(",") if n.strip()] if style_layers else None
+    if content_layer is not None:
+        resolve_layer(model, content_layer)
+    with progress("texture", total=steps) as update:
+        result = synthesize(
+            model, engine.preprocess_input(style_rgb), content=None if content_rgb is None else engine.preprocess_input(content_rgb),
+            style_layers=layers, content_layer=content_layer, content_weight=content_weight, tv_weight=tv,
+            steps=steps, method=method.value, lr=lr, seed=seed, callback=lambda step, loss: update(min(step + 1, steps)),
+        )
+    picture = engine.deprocess(result.images)[0]
+    losses = result.losses[:, 0]
+    typer.echo(f"{result.method}: loss {losses[0]:.4g} -> {losses[-1]:.4g} in {len(losses)} network passes; "
+               f"Gram layers {', '.join(result.style_layers)}" + (f"; content {result.content_layer}" if result.content_layer else ""))
+    save_image(out, picture, overwrite)
+    typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
+
+
 if __name__ == "__main__":
     app()
