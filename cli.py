@@ -987,6 +987,9 @@ class PerImage:
 
 
 class Gathered:
+    """The readable images' paths, {name: stacked array}, how many files were skipped, and how
+    many images needed the first array computed (the network pass) rather than read back."""
+
     def __init__(self, paths, arrays, skipped, computed):
         self.paths, self.arrays, self.skipped, self.computed = paths, arrays, skipped, computed
 
@@ -999,6 +1002,8 @@ def gather(paths, wanted: dict, batch: int = 16, description: str = "images", st
 
     n = len(paths)
     digests, results, missing, skipped = [None] * n, {name: [None] * n for name in wanted}, [], set()
+    first = next(iter(wanted))
+    computed = 0
     for index, path in enumerate(paths):
         try:
             digests[index] = file_digest(path)
@@ -1027,6 +1032,7 @@ def gather(paths, wanted: dict, batch: int = 16, description: str = "images", st
                 todo = [(index, rgb) for index, rgb in decoded if results[name][index] is None]
                 if not todo:
                     continue
+                computed += len(todo) if name == first else 0
                 arrays = item.compute(np.stack([resize_image(rgb, item.size) for _, rgb in todo]))
                 for (index, _), array in zip(todo, arrays):
                     results[name][index] = array
@@ -1034,7 +1040,7 @@ def gather(paths, wanted: dict, batch: int = 16, description: str = "images", st
             update(min(start + batch, len(missing)))
     kept = [index for index in range(n) if index not in skipped]
     arrays = {name: np.stack([results[name][i] for i in kept]) if kept else None for name in wanted}
-    return Gathered([paths[i] for i in kept], arrays, len(skipped), len(missing) - len(skipped))
+    return Gathered([paths[i] for i in kept], arrays, len(skipped), computed)
 
 
 def report_gathered(result: Gathered, folder: Path) -> None:
@@ -1072,7 +1078,7 @@ class Metric(str, Enum):
     l2 = "l2"
 
 
-class Method(str, Enum):
+class EmbedMethod(str, Enum):
     pca = "pca"
     tsne = "tsne"
 
@@ -1205,7 +1211,7 @@ def neighbors(
 @command()
 def embed(
     images: ImagesDir,
-    method: Annotated[Method, typer.Option("--method", help="'pca' (numpy SVD) or 'tsne' (needs the tsne extra).")] = Method.pca,
+    method: Annotated[EmbedMethod, typer.Option("--method", help="'pca' (numpy SVD) or 'tsne' (needs the tsne extra).")] = EmbedMethod.pca,
     layer: Annotated[
         Optional[str],
         typer.Option("--layer", "-l", help="Feature layer. Default: fc2 with the classifier file, else block5_pool.", show_default=False),
@@ -1235,7 +1241,7 @@ def embed(
 
     if thumb < 1 or canvas < thumb:
         raise ConvscopeError(f"--thumb {thumb} must be at least 1 and --canvas {canvas} at least the thumbnail")
-    if method == Method.tsne:
+    if method == EmbedMethod.tsne:
         require_tsne()
         if perplexity <= 0:
             raise ConvscopeError(f"--perplexity {perplexity}: give a positive number")
@@ -1253,7 +1259,7 @@ def embed(
     report_gathered(found, images)
     if len(found.paths) < 2:
         raise ConvscopeError(f"{images}: an embedding needs at least 2 readable images, found {len(found.paths)}")
-    if method == Method.pca:
+    if method == EmbedMethod.pca:
         coords = pca_2d(found.arrays["features"])
         how = "PCA"
     else:
