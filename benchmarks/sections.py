@@ -1,0 +1,338 @@
+"""The sections of ``benchmarks/run.py``: each validates its configurations, then times them.
+
+``Context`` holds the settings, the weight file, the contenders (built once, lazily), the
+reference, and collects rows (see ``report.py``), start-up and memory records and notes.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import frameworks as fw
+from benchmarks import techniques as tq
+from benchmarks.timing import interleaved, median_ms, rel_err
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORKER = ROOT / "benchmarks" / "worker.py"
+KIND_LABEL = {"forward": "forward", "forward_grad": "fwd + input grad", "conv": "fwd", "conv_backward": "bwd-input"}
+
+
+class Context:
+    def __init__(self, args, weights):
+        self.args, self.weights = args, pathlib.Path(weights)
+        self.rows, self.startup, self.memory, self.notes = [], [], [], []
+        self._contenders = None
+        self._reference_engine = None
+
+    def note(self, text, log=True):
+        self.notes.append(text)
+        if log:
+            print(f"  note: {text}", flush=True)
+
+    @property
+    def contenders(self) -> dict:
+        if self._contenders is None:
+            self._contenders = {}
+            for name in self.args.contenders:
+                try:
+                    made = fw.make(name, self.weights, self.args.threads, self._contenders.get("pytorch"))
+                except Exception as exc:  # noqa: BLE001 - one broken framework must not stop the others
+                    self.note(f"{fw.NAMES[name]} skipped: {type(exc).__name__}: {exc}")
+                    continue
+                self._contenders[name] = made
+        return self._contenders
+
+    @property
+    def torch_reference(self):
+        c = self.contenders.get("pytorch")
+        return c.reference if c is not None else None
+
+    def reference(self, kind, x, g):
+        """PyTorch's result (TorchVGG16) for a network task; the NumPy engine backend without torch."""
+        ref = self.torch_reference
+        if ref is not None:
+            if kind == "forward":
+                return ref.outputs(x, ["block5_pool"])["block5_pool"]
+            return ref.input_gradient(x, "block5_pool", g)
+        if self._reference_engine is None:
+            import engine
+
+            self._reference_engine = engine.load(self.weights, device="reference")
+            self.note("torch is missing: validated against the engine's NumPy reference backend")
+        m = self._reference_engine
+        if kind == "forward":
+            return m.forward(x, outputs=["block5_pool"])["block5_pool"]
+        return m.input_gradient(x, "block5_pool", g)
+
+    # ----------------------------------------------------------------------------------------
+    def validate_and_time(self, section, name, flops, runs, expected, reps, warmup, fixups=None):
+        """Run each callable once, compare with ``expected``, time those within tolerance."""
+        row = {"section": section, "name": name, "flops": flops, "ms": {}, "times_s": {}, "error": {},
+               "status": {}, "note": ""}
+        timed = {}
+        for contender, run in runs.items():
+            if run is None:
+                row["status"][contender], row["error"][contender] = "n/a", None
+                continue
+            err = rel_err(run(), expected)
+            if err > self.args.tolerance and fixups and contender in fixups:
+                err, row["note"] = fixups[contender](err)
+            row["error"][contender] = err
+            row["status"][contender] = "ok" if err <= self.args.tolerance else "FAIL"
+            if row["status"][contender] == "ok":
+                timed[contender] = run
+        times = interleaved(timed, reps, warmup, self.args.pause)
+        row["times_s"] = times
+        row["ms"] = {c: median_ms(t) for c, t in times.items()}
+        shown = ", ".join(f"{c} {v:.1f} ms" for c, v in row["ms"].items() if v is not None)
+        fails = [c for c, s in row["status"].items() if s == "FAIL"]
+        print(f"  {name}: {shown}" + (f"  FAIL: {', '.join(fails)}" if fails else ""), flush=True)
+        self.rows.append(row)
+        return row
+
+
+# ------------------------------------------------------------------------------------ network
+
+
+def section_network(ctx):
+    args = ctx.args
+    for size in args.sizes:
+        for batch in args.batches:
+            rng = np.random.default_rng([size, batch])
+            import engine
+
+            x = engine.preprocess_input(rng.integers(0, 256, (batch, size, size, 3)).astype(np.float32))
+            g = rng.standard_normal((batch, size // 32, size // 32, 512)).astype(np.float32)
+            for kind in ("forward", "forward_grad"):
+                flops = fw.conv_flops(size, batch) * (1 if kind == "forward" else 2)
+                runs = {n: c.prepare((kind, x, g)) for n, c in ctx.contenders.items()}
+                expected = ctx.reference(kind, x, g)
+                fixups = {"engine": lambda err, x=x, g=g: _follow_engine(ctx, x, g, err)} if kind == "forward_grad" else None
+                ctx.validate_and_time("network", f"{KIND_LABEL[kind]} {size}px b{batch}", flops, runs,
+                                      expected, args.reps, args.warmup, fixups)
+
+
+def _follow_engine(ctx, x, g, err):
+    """The engine's gradient vs PyTorch made to follow the engine's near-tie ReLU/pool decisions.
+
+    Through ReLUs and max-pools the input gradient depends on discrete decisions; where two float32
+    implementations round a near-tie differently the gradients differ by far more than rounding
+    (see tests/reference_models.py). Following the engine's decisions tells a flip from a bug.
+    """
+    ref, engine_c = ctx.torch_reference, ctx.contenders.get("engine")
+    if ref is None or engine_c is None:
+        return err, ""
+    from tests.reference_models import decisions_from_outputs
+
+    forced = decisions_from_outputs(ref.table, engine_c.all_outputs(x))
+    followed = rel_err(engine_c.prepare(("forward_grad", x, g))(), ref.input_gradient(x, "block5_pool", g, forced=forced))
+    return followed, f"gradient error {err:.1e} from near-tie ReLU/pool decisions; {followed:.1e} when PyTorch follows the engine's"
+
+
+# ------------------------------------------------------------------------------------- layers
+
+
+def _layer_reference(ctx, i, kind, data):
+    """Float64 result of conv layer i alone (PyTorch, or the NumPy reference kernels)."""
+    name = fw.CONV_LAYERS[i]["name"]
+    engine_c = ctx.contenders["engine"]
+    kernel, bias = (np.asarray(a, np.float64) for a in engine_c.model._params[engine_c.model.layer_index(name)])
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        from kernels import reference as ref
+
+        d = np.asarray(data, np.float64)
+        if kind == "conv":
+            return ref.conv2d_forward(d, kernel, bias, (1, 1), True, np.empty(d.shape[:3] + (kernel.shape[3],)))
+        return ref.conv2d_backward_input(d, kernel, (1, 1), np.empty(d.shape[:3] + (kernel.shape[2],)))
+    w = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
+    d = torch.from_numpy(fw.nchw(np.asarray(data, np.float64)))
+    with torch.no_grad():
+        if kind == "conv":
+            out = torch.relu(F.conv2d(d, w, torch.from_numpy(bias), padding=1))
+        else:
+            out = F.conv_transpose2d(d, w, padding=1)
+    return fw.nhwc(out.numpy())
+
+
+def section_layers(ctx):
+    args = ctx.args
+    if "engine" not in ctx.contenders:
+        ctx.note("layers section needs the engine")
+        return
+    size = args.layer_size
+    for i, (name, h, ci, co) in enumerate(fw.layer_inputs(size)):
+        rng = np.random.default_rng([size, i])
+        flops = 2 * h * h * 9 * ci * co
+        for kind, data in (("conv", rng.random((1, h, h, ci), dtype=np.float32)),
+                           ("conv_backward", rng.standard_normal((1, h, h, co)).astype(np.float32))):
+            runs = {n: c.prepare((kind, i, data)) for n, c in ctx.contenders.items()}
+            expected = _layer_reference(ctx, i, kind, data)
+            ctx.validate_and_time("layers", f"{name} {KIND_LABEL[kind]} {h}px", flops, runs, expected,
+                                  args.reps, args.warmup)
+
+
+# --------------------------------------------------------------------------------- techniques
+
+
+def section_techniques(ctx):
+    """Gate: one ascent step (one octave) within tolerance of PyTorch's, on the change it makes.
+
+    Iterated gradient ascent amplifies float32 rounding: a ReLU or max-pool near-tie decided
+    differently changes one step's gradient by ~1e-3, and later steps follow the difference, so
+    two correct implementations (Keras and PyTorch included) drift apart by 1e-3 to 1e-1 over a
+    whole run. The end-to-end difference is therefore reported in the note, not gated.
+    """
+    args = ctx.args
+    engine_c, ref = ctx.contenders.get("engine"), ctx.torch_reference
+    if engine_c is None or ref is None:
+        ctx.note("techniques need the engine and PyTorch (the reference algorithm): skipped")
+        return
+    keras_on = "keras" in ctx.contenders
+    jobs = []
+    if tq.engine_module("filters") is None:
+        ctx.note("filters timing skipped: engine.viz.filters does not exist")
+    else:
+        layer, count, size, steps = args.filters
+        filters = list(range(count))
+        starts = tq.filter_starts(filters, size)
+        outputs = {"pytorch": tq.torch_outputs(ref, layer)}
+        if keras_on:
+            outputs["keras"] = tq.keras_outputs(ctx.weights, [layer])
+
+        def make(contender, n_steps, layer=layer, size=size, filters=filters, starts=starts, outputs=outputs):
+            if contender == "engine":
+                return lambda: tq.engine_filters(engine_c.model, layer, filters, size, n_steps)
+            return lambda: tq.filters_one_at_a_time(outputs[contender], layer, starts, filters, n_steps)
+
+        jobs.append((f"filters {layer} x{count} {size}px {steps} steps", make, steps, starts))
+    if tq.engine_module("dream") is None:
+        ctx.note("dream timing skipped: engine.viz.dream does not exist")
+    else:
+        size, octaves, steps = args.dream
+        layers = {"block4_conv3": 1.0, "block5_conv1": 0.5}
+        img = tq.dream_image(size)
+        d_outputs = {"pytorch": tq.torch_outputs(ref, "block5_conv1")}
+        if keras_on:
+            d_outputs["keras"] = tq.keras_outputs(ctx.weights, list(layers))
+
+        def make(contender, n_steps, steps=steps, octaves=octaves, img=img, outputs=d_outputs):
+            setting = dict(layers=layers, octaves=octaves if n_steps == steps else 1, octave_scale=1.4,
+                           steps=n_steps, step_size=0.01 * 127.5)
+            if contender == "engine":
+                return lambda: tq.engine_dream(engine_c.model, img, **setting)
+            return lambda: tq.dream_reference(outputs[contender], img, **setting)
+
+        jobs.append((f"dream {size}px {octaves} octaves x {steps} steps", make, steps, img))
+    names = ["engine", "pytorch"] + (["keras"] if keras_on else [])
+    for label, make, steps, start in jobs:
+        start = np.asarray(start, np.float64)
+        one = {c: make(c, 1)() - start for c in names}  # the change made by one step
+        runs = {c: make(c, steps) for c in names}
+        row = {"section": "techniques", "name": label, "flops": None, "ms": {}, "times_s": {}, "error": {},
+               "status": {}, "note": ""}
+        timed, ends = {}, {}
+        for c in names:
+            row["error"][c] = rel_err(one[c], one["pytorch"])
+            row["status"][c] = "ok" if row["error"][c] <= args.tolerance else "FAIL"
+            ends[c] = runs[c]()  # the whole run once: warm-up, and the end-to-end difference
+            if row["status"][c] == "ok":
+                timed[c] = runs[c]
+        drift = {c: rel_err(ends[c] - start, ends["pytorch"] - start) for c in names if c != "pytorch"}
+        row["end_to_end_error"] = drift
+        row["note"] = "end-to-end change vs PyTorch's (not gated): " + ", ".join(f"{c} {v:.1e}" for c, v in drift.items())
+        row["times_s"] = interleaved(timed, args.technique_reps, 0, args.pause)
+        row["ms"] = {c: median_ms(t) for c, t in row["times_s"].items()}
+        print(f"  {label}: " + ", ".join(f"{c} {v:.0f} ms" for c, v in row["ms"].items()) + f"; {row['note']}", flush=True)
+        ctx.rows.append(row)
+
+
+# ------------------------------------------------------------------------ start-up and memory
+
+
+def spawn(contender, ctx, size, batch, work, env_extra=None, onnx=None):
+    """Run worker.py; (seconds from spawn to its first call, its JSON record, wait4's ru_maxrss KiB).
+
+    ru_maxrss of a child includes the parent's RSS at fork time (Linux keeps it across exec), so
+    the peak memory reported is the worker's own VmHWM; ru_maxrss is kept in the JSON.
+    """
+    cmd = [sys.executable, str(WORKER), contender, str(ctx.weights), "--size", str(size), "--batch",
+           str(batch), "--threads", str(ctx.args.threads), "--work", work]
+    if onnx:
+        cmd += ["--onnx", str(onnx)]
+    env = dict(os.environ, **(env_extra or {}))
+    errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child cannot block
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=ROOT)
+    first, record = None, {}
+    for line in proc.stdout:
+        if line.startswith("first call done"):
+            first = time.perf_counter() - start
+        elif line.startswith("{"):
+            record = json.loads(line)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    errors.seek(0)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {contender} failed: {errors.read().strip().splitlines()[-1:]}")
+    errors.close()
+    if first is None:
+        first = time.perf_counter() - start
+    return first, record, usage.ru_maxrss
+
+
+def _onnx_file(ctx):
+    c = ctx.contenders.get("onnxruntime")
+    return os.path.join(c.tmp.name, "vgg16_conv.onnx") if c is not None else None
+
+
+def section_startup(ctx):
+    args, size = ctx.args, ctx.args.startup_size
+    seconds, _, _ = spawn("python", ctx, size, 1, "forward")
+    ctx.startup.append({"name": "python interpreter alone", "seconds": seconds, "phases": {}})
+    with tempfile.TemporaryDirectory(prefix="convscope-numba-") as cache:
+        env = {"NUMBA_CACHE_DIR": cache}
+        if args.quick:
+            ctx.note("--quick: first-run compile time not measured (compiling takes ~30 s of CPU)")
+        else:
+            fresh, record, _ = spawn("engine", ctx, size, 1, "forward", env)
+            ctx.startup.append({"name": "convscope, empty Numba cache (compiles)", "seconds": fresh,
+                                "phases": record.get("phases", {})})
+        cached, record, _ = spawn("engine", ctx, size, 1, "forward", env if not args.quick else None)
+        ctx.startup.append({"name": "convscope, cached kernels", "seconds": cached, "phases": record.get("phases", {})})
+        if not args.quick:
+            ctx.startup[-2]["note"] = f"first-run compile ~{fresh - cached:.1f} s"
+    for name in ("pytorch", "onnxruntime", "keras"):
+        if name in ctx.contenders:
+            seconds, record, _ = spawn(name, ctx, size, 1, "forward", onnx=_onnx_file(ctx))
+            ctx.startup.append({"name": fw.NAMES[name], "seconds": seconds, "phases": record.get("phases", {})})
+    for r in ctx.startup:
+        print(f"  {r['name']}: {r['seconds']:.2f} s to first forward ({size}px b1)", flush=True)
+
+
+def section_memory(ctx):
+    size, batch = ctx.args.memory_size, ctx.args.memory_batch
+    for name in ctx.contenders:
+        work = "forward" if name == "onnxruntime" else "both"
+        _, record, ru_maxrss = spawn(name, ctx, size, batch, work, onnx=_onnx_file(ctx))
+        peak = record["rss_end_kib"]
+        ctx.memory.append({"contender": name, "work": f"{' + '.join(record.get('work', [work]))} {size}px b{batch}",
+                           "peak_mib": peak / 1024, "loaded_mib": record.get("rss_loaded_kib", 0) / 1024,
+                           "wait4_ru_maxrss_mib": ru_maxrss / 1024})
+        print(f"  {name}: peak {peak / 1024:.0f} MiB", flush=True)
+
+
+SECTIONS = {"network": section_network, "layers": section_layers, "techniques": section_techniques,
+            "startup": section_startup, "memory": section_memory}
+
+
+def run_section(ctx, name):
+    SECTIONS[name](ctx)

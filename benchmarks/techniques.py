@@ -1,0 +1,145 @@
+"""End-to-end technique timings: the engine's batched techniques vs the same algorithm in PyTorch
+and in Keras 3 (torch backend), written out the way those frameworks' examples write them.
+
+* filters: Keras' ``conv_filter_visualization`` example (mean activation of one filter, gradient
+  divided by its RMS + 1e-5, steps of 1.0, a filter stops once its loss is <= 0), one filter at a
+  time as the example does, vs ``engine.viz.filters.visualize_filters`` doing all filters in one
+  batch. Start images: ``engine.viz.filters.start_images`` (the same for all contenders).
+* dream: Keras' ``deep_dream`` example (octaves, bilinear resizes without antialiasing, gradient
+  / max(mean |g|, 1e-7), lost-detail re-injection; loss = weighted mean square of each layer's
+  activations without a 2-pixel border, as ``engine.viz.objectives.dream``) vs
+  ``engine.viz.dream.deep_dream``.
+
+The reference implementations take ``outputs(x) -> {layer: NHWC tensor}`` so that one function
+serves PyTorch (``TorchVGG16``) and Keras (a multi-output ``keras.Model``). Both sections are
+optional: they run only when the engine module exists (colleagues may still be writing it).
+"""
+
+import importlib.util
+
+import numpy as np
+
+
+def engine_module(name):
+    """engine.viz.<name>, or None when that module does not exist (yet)."""
+    try:
+        if importlib.util.find_spec(f"engine.viz.{name}") is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return importlib.import_module(f"engine.viz.{name}")
+
+
+# ------------------------------------------------------------------------------------ filters
+
+
+def filters_one_at_a_time(outputs, layer, starts, filters, steps, step_size=1.0):
+    """The Keras example per filter: float64 images (n, S, S, 3) after ``steps`` steps."""
+    import torch
+
+    images = []
+    for start, f in zip(starts, filters):
+        x = np.array(start[None], dtype=np.float64)
+        for _ in range(steps):
+            xt = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+            loss = outputs(xt)[layer][..., int(f)].mean()
+            (g,) = torch.autograd.grad(loss, xt)
+            g = (g / (torch.sqrt(torch.mean(torch.square(g))) + 1e-5)).numpy()
+            x += g * step_size
+            if float(loss.detach()) <= 0.0:
+                break
+        images.append(x[0])
+    return np.array(images)
+
+
+def engine_filters(model, layer, filters, size, steps, seed=0):
+    module = engine_module("filters")
+    result = module.visualize_filters(
+        model, layer, filters=list(filters), size=size, steps=steps, seed=seed, batch=len(filters)
+    )
+    return result.raw
+
+
+def filter_starts(filters, size, seed=0):
+    return engine_module("filters").start_images(filters, size, seed=seed)
+
+
+# -------------------------------------------------------------------------------------- dream
+
+
+def _resize(x, shape):
+    import torch.nn.functional as F
+
+    # in float64, rounded once: the correctly rounded result, as engine.viz.resize computes it; the
+    # ascent amplifies even last-bit differences of the resizes (1e-7 -> 1e-3 over two octaves)
+    out = F.interpolate(x.double().permute(0, 3, 1, 2), size=tuple(shape), mode="bilinear", align_corners=False, antialias=False)
+    return out.permute(0, 2, 3, 1).float().contiguous()
+
+
+def dream_reference(outputs, img, layers, octaves, octave_scale, steps, step_size):
+    """The Keras deep_dream example with torch autograd; img NHWC float32 numpy."""
+    import torch
+
+    original = torch.as_tensor(np.asarray(img, dtype=np.float32))
+    side = original.shape[1:3]
+    shapes = [tuple(int(d / octave_scale**i) for d in side) for i in range(octaves)][::-1]
+    shrunk = _resize(original, shapes[0])
+    x = original.clone()
+    for shape in shapes:
+        x = _resize(x, shape)
+        for _ in range(steps):
+            xt = x.clone().requires_grad_(True)
+            acts = outputs(xt)
+            loss = 0.0
+            for name, weight in layers.items():
+                inner = acts[name][:, 2:-2, 2:-2, :]
+                loss = loss + weight * inner.square().sum() / inner.numel()
+            (g,) = torch.autograd.grad(loss, xt)
+            x = x + step_size * g / torch.clamp(g.abs().mean(), min=1e-7)
+        same_size = _resize(original, shape)
+        x = x + (same_size - _resize(shrunk, shape))
+        shrunk = same_size
+    return x.detach().numpy()
+
+
+def engine_dream(model, img, layers, octaves, octave_scale, steps, step_size):
+    module = engine_module("dream")
+    return module.deep_dream(
+        model, img, layers=dict(layers), octaves=octaves, octave_scale=octave_scale, steps=steps,
+        step_size=step_size,
+    ).images
+
+
+def dream_image(size, seed=7):
+    """A noisy caffe-space start image, (1, size, size, 3) float32 uniform in [-60, 60)."""
+    from tests.synthetic import uniform
+
+    return uniform(seed, "dream_start", (1, size, size, 3), -60.0, 60.0)
+
+
+# ------------------------------------------------------------------------------ the callables
+
+
+def torch_outputs(reference, deepest):
+    """outputs(x) for TorchVGG16: every layer up to ``deepest``."""
+    return lambda xt: reference(xt, stop_at=deepest)
+
+
+def keras_outputs(weights, names):
+    """outputs(x) for a Keras VGG16 with any input size (None, None, 3), weights frozen."""
+    from tests.reference_models import KerasVGG16
+
+    wrapper = KerasVGG16(weights, (None, None, 3), include_top=False)
+    keras, model = wrapper.keras, wrapper.model
+    model.trainable = False
+    for v in model.weights:
+        v.value.requires_grad_(False)
+    names = list(names)
+    multi = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+
+    def outputs(xt):
+        values = multi(xt, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return dict(zip(names, values))
+
+    return outputs
