@@ -96,7 +96,7 @@ def _batch(x):
     return x[None] if x.ndim == 3 else x
 
 
-def fool(model, x, targets, confidence=0.99, steps=100, lr=0.5, l2=1e-3, callback=None) -> FoolResult:
+def fool(model, x, targets, confidence=0.99, steps=100, lr=0.5, l2=1e-4, callback=None) -> FoolResult:
     """Iterative targeted fooling (see the module docstring); ``lr`` in pixel levels per step."""
     x0 = _batch(x)
     t = _check_classifier(model, targets, len(x0))

@@ -8,7 +8,8 @@ Each function returns an ``objectives.Objective`` whose value is a *loss* (to mi
   synthesised at another size than its source's.
 * ``style(targets)``: Gatys et al. (2015): sum over layers of w_l * E_l with
   E_l = sum((G_l - A_l)^2) / (4 C_l^2), which with our G = F^T F / M is exactly the paper's
-  1 / (4 N_l^2 M_l^2) * sum((F^T F - A_raw)^2). Gradient: dE/dF = F (G - A) / (M C^2).
+  1 / (4 N_l^2 M_l^2) * sum((F^T F - A_raw)^2). Gradient: dE/dF = F (D + D^T) / (2 M C^2) with
+  D = G - A (= F D / (M C^2) for a symmetric target, as a real Gram matrix is).
   (The Keras ``neural_style_transfer`` example divides by 4 * 3^2 * (image rows * cols)^2, using
   the image's 3 channels and pixel count for every layer; that only reweights the layers.)
 * ``content(targets)``: sum_l w_l * ||F_l - P_l||^2 / ||P_l||^2, normalised so that its scale
@@ -66,7 +67,8 @@ def gram_loss(layer, target, weight=1.0) -> Objective:
         f = _positions(a.astype(np.float64))
         diff = np.einsum("nmc,nmd->ncd", f, f) / f.shape[1] - _batch_target(target, n, "gram", 2)
         loss = weight * np.square(diff).sum(axis=(1, 2)) / (4.0 * c * c)
-        grad = weight * np.einsum("nmc,ncd->nmd", f, diff) / (f.shape[1] * c * c)
+        sym = (diff + diff.transpose(0, 2, 1)) / 2.0  # A is symmetric for a real Gram; be exact anyway
+        grad = weight * np.einsum("nmc,ncd->nmd", f, sym) / (f.shape[1] * c * c)
         return loss, {layer: grad.reshape(a.shape).astype(a.dtype)}
 
     return Objective(fn, [layer], f"gram_loss({layer})")
