@@ -137,6 +137,7 @@ def main(argv=None):
         run_section(ctx, section)
         ctx.note(f"section {section} took {time.perf_counter() - t:.0f} s", log=False)
     results["elapsed_s"] = time.perf_counter() - started
+    results["machine"] = report.machine_info(threads)  # now that every thread pool has started
 
     args.out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(results)
