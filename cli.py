@@ -1391,7 +1391,7 @@ def fool(
     confidence: Annotated[float, typer.Option("--confidence", help="Iterative: stop once p(target) reaches this.")] = 0.99,
     steps: Annotated[int, typer.Option("--steps", help="Iterative: at most this many steps.")] = 100,
     lr: Annotated[float, typer.Option("--lr", help="Iterative: Adam step in pixel levels (0-255).")] = 0.5,
-    l2: Annotated[float, typer.Option("--l2", help="Iterative: weight of (1/2)||x - x0||^2 (pixel levels).")] = 1e-3,
+    l2: Annotated[float, typer.Option("--l2", help="Iterative: weight of (1/2)||x - x0||^2 (pixel levels).")] = 1e-4,
     epsilon: Annotated[float, typer.Option("--epsilon", help="FGSM: step in pixel levels (0-255).")] = 2.0,
     amplify: Annotated[float, typer.Option("--amplify", help="Difference picture: change x this, around gray.")] = 10.0,
     weights: Weights = None,
