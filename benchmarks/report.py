@@ -12,6 +12,7 @@ Ratios are engine time / other time: below 1 the engine is faster.
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -190,7 +191,7 @@ def _font(size):
 
 
 def ratio_chart(rows, path, title="engine time / other time (below 1: engine faster)"):
-    """Horizontal bars of engine/PyTorch and engine/ORT per configuration, a line at 1."""
+    """Horizontal bars of engine/PyTorch and engine/ORT per configuration on a log2 axis."""
     from PIL import Image, ImageDraw
 
     items = [(r["name"], [(label, ratio(r, c)) for c, label in RATIOS if ratio(r, c) is not None]) for r in rows]
@@ -212,22 +213,28 @@ def ratio_chart(rows, path, title="engine time / other time (below 1: engine fas
         draw.text((10, 80), "no ratios to show (only one contender was timed)", fill="black", font=small)
         img.save(path)
         return path
-    vmax = max(2.0, max(v for _, bars in items for _, v in bars) * 1.1)
-    scale = (width - left - right) / vmax
-    y = top
+    # log2 axis: a ratio and its inverse are equally far from 1; bars grow from the line at 1
+    values = [v for _, bars in items for _, v in bars]
+    lo = math.floor(math.log2(min(min(values), 0.5)))
+    hi = math.ceil(math.log2(max(max(values), 2.0)))
+    scale = (width - left - right) / (hi - lo)
+    pos = lambda v: left + (math.log2(v) - lo) * scale  # noqa: E731
     axis_bottom = height - 40
-    for t in [i * 0.5 for i in range(int(vmax / 0.5) + 1)]:
-        xt = left + t * scale
+    for e in range(lo, hi + 1):
+        xt = pos(2.0**e)
         draw.line([xt, top - 4, xt, axis_bottom], fill=(225, 225, 225))
-        draw.text((xt - 8, axis_bottom + 4), f"{t:g}", fill="black", font=small)
+        label = f"{2.0 ** e:g}"
+        draw.text((xt - 4 * len(label), axis_bottom + 4), label, fill="black", font=small)
+    y = top
     for name, bars in items:
         draw.text((10, y + (len(bars) * bar_h) / 2 - 8), name, fill="black", font=small)
         for label, v in bars:
-            draw.rectangle([left, y, left + v * scale, y + bar_h - 2], fill=colours[label])
-            draw.text((left + v * scale + 4, y - 1), f"{v:.2f}", fill="black", font=small)
+            x0, x1 = sorted((pos(1.0), pos(v)))
+            draw.rectangle([x0, y, max(x1, x0 + 1), y + bar_h - 2], fill=colours[label])
+            draw.text((max(pos(v), pos(1.0)) + 4, y - 1), f"{v:.2f}", fill="black", font=small)
             y += bar_h
         y += gap
-    one = left + scale
+    one = pos(1.0)
     draw.line([one, top - 4, one, axis_bottom], fill=(200, 0, 0), width=2)
     img.save(path)
     return path

@@ -72,7 +72,7 @@ def main():
     work = ["forward", "forward_grad"] if args.work == "both" else [args.work]
     if args.contender == "onnxruntime":
         work = ["forward"]
-    phase("import numpy")
+    phase("import numpy + engine package")
 
     from benchmarks import frameworks as fw
 
