@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ConvscopeError
+from engine.model import layer_output_shape
 from engine.preprocess import resize
 from engine.viz import objectives
 from engine.viz.ascent import gradient_ascent
@@ -107,13 +108,30 @@ def parse_filter_spec(text: str) -> list[int]:
     return indices
 
 
-def _channel_count(model, layer, size):
-    shapes = model.output_shapes((size, size))
-    shape = shapes[model.layer_index(layer)]
-    if len(shape) != 3:
+def _layer_shape(model, layer, size):
+    """Output shape (h, w, c) of ``layer`` for a size x size input, or None if some layer up to
+    it would be empty (only the layers the ascent runs count, not the whole network)."""
+    shape = (size, size, model.input_shape[2])
+    for spec in model.layers[: model.layer_index(layer) + 1]:
+        shape = layer_output_shape(spec, shape)
+        if len(shape) == 3 and min(shape[:2]) < 1:
+            return None
+    return shape
+
+
+def _channel_count(model, layer, sizes):
+    shape = _layer_shape(model, layer, max(sizes))
+    if shape is not None and len(shape) != 3:
         raise ConvscopeError(
             f"layer {layer} has no filters to visualise (its output is a vector of {shape[0]}): "
             "choose a convolution or pooling layer"
+        )
+    smallest = min(sizes)
+    if shape is None or _layer_shape(model, layer, smallest) is None:
+        stage = " (the first upscaling stage)" if len(sizes) > 1 else ""
+        raise ConvscopeError(
+            f"an image of {smallest} px{stage} is too small to reach layer {layer}: "
+            "use a larger size or fewer upscale steps"
         )
     return shape[2]
 
@@ -189,12 +207,7 @@ def visualize_filters(
     if upscale_steps < 0 or (upscale_steps and upscale_factor <= 1.0):
         raise ConvscopeError("progressive upscaling needs upscale_steps >= 0 and a factor above 1")
     sizes = stage_sizes(size, upscale_steps, upscale_factor)
-    if sizes[0] < model.min_input_size():
-        raise ConvscopeError(
-            f"the first upscaling stage would be {sizes[0]} px, below this network's minimum "
-            f"{model.min_input_size()} px: use fewer upscale steps or a larger size"
-        )
-    channels = _channel_count(model, layer, sizes[0])
+    channels = _channel_count(model, layer, sizes)
     selecting = filters is None
     if selecting:
         if scan < 1:
