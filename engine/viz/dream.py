@@ -1,0 +1,267 @@
+"""DeepDream: the Keras ``deep_dream`` example's algorithm on any loaded convolutional network.
+
+    result = deep_dream(model, preprocess_input(photo), layers={"block4_conv3": 1.0,
+                        "block5_conv1": 0.5}, octaves=4)
+    picture = deprocess(result.images[0])          # the photo's size, uint8 RGB
+
+The algorithm is Keras' (fchollet's ``deep_dream.py``, Keras 2 and keras-io alike):
+
+* loss = sum over layers of weight * mean squared activation, borders of 2 excluded
+  (``objectives.dream``; Keras divides the same inner sum by the layer's full size instead, which
+  only rescales each layer's weight by inner/full size);
+* octave shapes ``int(side / octave_scale**i)`` for i = octaves-1 .. 0, smallest first;
+* at each octave: resize the image to that shape, run ``steps`` steps of gradient ascent with the
+  gradient divided by max(mean |g|, 1e-7) (``ascent.gradient_ascent``, normalize="mean_abs"),
+  stopping early once the loss exceeds ``max_loss``; then re-inject the detail lost by shrinking:
+  resize(original, shape) - resize(resize(original, previous shape), shape);
+* resizes are bilinear without antialiasing (``viz.resize``), as ``tf.image.resize``.
+
+It works in caffe-preprocessed space. The Keras example's step of 0.01 is for inputs scaled to
+[-1, 1]; caffe inputs span about 255 units, so the default ``step_size`` is 0.01 * 127.5.
+
+Large photos in bounded memory: when an octave is larger than ``tile`` pixels, the gradient is
+computed window by window. Each window is a tile (its "core") plus a halo at least as wide as the
+receptive field of the deepest layer, with window corners on the network's pooling grid; each
+window's loss counts only the layer positions of its core. The windows' losses and input
+gradients therefore add up to exactly the whole-image loss and gradient (no seams, the same
+dream for any tile size), while memory is bounded by the window, not the photo. ``roll`` adds
+the TensorFlow tutorial's random circular shift of the image before each gradient (undone after);
+the tutorial needs it to hide tile seams, which exact windows do not have, so it is off by
+default (it acts as jitter). Tiling needs 'same' convolutions and non-overlapping pooling (VGG).
+
+Shapes: NHWC float32 (caffe space); every image of a batch is dreamed independently.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import ConvscopeError
+from engine.model import layer_output_shape
+from engine.viz import objectives
+from engine.viz.ascent import gradient_ascent, objective_gradient
+from engine.viz.objectives import INPUT, Objective
+from engine.viz.resize import resize_bilinear
+
+DEFAULT_LAYERS = {"block4_conv3": 1.0, "block5_conv1": 0.5}
+DEFAULT_STEP_SIZE = 0.01 * 127.5  # Keras' 0.01 for [-1, 1] inputs, in caffe units
+BORDER = 2  # activation rows/columns left out of the loss on each side, as in Keras
+
+
+@dataclass
+class DreamResult:
+    images: np.ndarray  # (N, H, W, C) float32 caffe space, the input's size
+    losses: list = field(default_factory=list)  # per octave: (steps run, N) loss before each step
+    shapes: list = field(default_factory=list)  # per octave: (height, width), smallest first
+
+
+def default_layers(model) -> dict:
+    """Keras-style VGG16 dream layers when the network has them, else its last two convolutions."""
+    names = set(model.layer_names)
+    if all(name in names for name in DEFAULT_LAYERS):
+        return dict(DEFAULT_LAYERS)
+    convs = [layer.name for layer in model.layers if layer.kind == "conv2d"]
+    if not convs:
+        raise ConvscopeError("this network has no convolutional layer to dream with")
+    return dict(zip(reversed(convs), (1.0, 0.5)))
+
+
+def octave_shapes(shape, octaves: int, octave_scale: float) -> list:
+    """[(h, w), ...] smallest first, ending with ``shape``, as the Keras example computes them."""
+    h, w = (int(s) for s in shape)
+    shapes = [(int(h / octave_scale**i), int(w / octave_scale**i)) for i in range(octaves)]
+    return shapes[::-1]
+
+
+# ------------------------------------------------------------------------------- geometry
+
+
+def _geometry(model, deepest: str):
+    """(stride of each layer up to ``deepest``, halo in input pixels, alignment) for tiling.
+
+    The halo is the receptive-field radius of ``deepest`` rounded up to the alignment (the total
+    pooling stride), so that every activation of a window's core sees exactly what it sees in the
+    whole image, and window corners fall on every pooling grid.
+    """
+    strides, radius, stride = {}, 0, 1
+    for layer in model.layers[: model.layer_index(deepest) + 1]:
+        if layer.kind == "conv2d":
+            if layer.padding != "same":
+                raise ConvscopeError(f"tiled dreams need 'same' convolutions; {layer.name} is '{layer.padding}'")
+            radius += (layer.kernel.shape[0] - 1) // 2 * stride
+        elif layer.kind == "maxpool2d":
+            radius += (layer.pool_size[0] - 1) * stride
+            stride *= layer.pool_size[0]
+        elif layer.kind != "dropout":
+            raise ConvscopeError(f"cannot dream with layer {layer.name} ({layer.kind}): use convolutional layers")
+        strides[layer.name] = stride
+    halo = -(-radius // stride) * stride
+    return strides, halo, stride
+
+
+def _layer_shapes(model, shape, deepest: str) -> dict:
+    """{name: output shape} of the layers up to ``deepest`` for an input of (H, W)."""
+    current = (int(shape[0]), int(shape[1]), model.input_shape[2])
+    shapes = {}
+    for layer in model.layers[: model.layer_index(deepest) + 1]:
+        current = layer_output_shape(layer, current)
+        shapes[layer.name] = current
+    return shapes
+
+
+def _check_layers(model, layers: dict, shape) -> None:
+    """Every dream layer is spatial and keeps inner positions at this octave's size."""
+    shapes = _layer_shapes(model, shape, max(layers, key=model.layer_index))
+    for name in layers:
+        out = shapes[name]
+        if len(out) != 3:
+            raise ConvscopeError(f"layer {name} is not convolutional: dream with conv or pooling layers")
+        if min(out[:2]) <= 2 * BORDER:
+            raise ConvscopeError(
+                f"at the smallest octave ({shape[0]}x{shape[1]} px) layer {name} is only "
+                f"{out[0]}x{out[1]}, too small once its {BORDER}-pixel border is left out: "
+                "use fewer octaves, a smaller --octave-scale or a larger image"
+            )
+
+
+def _cores(n: int, tile: int) -> list:
+    return [(start, min(start + tile, n)) for start in range(0, n, tile)]
+
+
+def _window(start: int, stop: int, n: int, halo: int, align: int, least: int):
+    """The input range around a core [start, stop): the halo on both sides, corners on the grid,
+    widened inwards to at least ``least`` pixels (more context keeps the core exact)."""
+    low, high = max(0, start - halo), min(n, stop + halo)
+    if high - low < least:
+        high = min(n, low + least)
+        low = max(0, (high - least) // align * align)
+    return low, high
+
+
+# ------------------------------------------------------------------------------- the gradient
+
+
+def dream_gradient(model, x, layers: dict, tile: int = 512):
+    """(loss (N,), d loss / d x) of ``objectives.dream(layers)``, in windows when x > tile."""
+    x = np.asarray(x, dtype=np.float32)
+    n, h, w, _ = x.shape
+    if h <= tile and w <= tile:
+        return objective_gradient(model, x, objectives.dream(layers, border=BORDER))
+    deepest = max(layers, key=model.layer_index)
+    strides, halo, align = _geometry(model, deepest)
+    tile = max(align, tile // align * align)
+    full = _layer_shapes(model, (h, w), deepest)
+    least = model.min_input_size()  # Model.trace checks the size through the whole network
+    loss = np.zeros(n, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for cy0, cy1 in _cores(h, tile):
+        for cx0, cx1 in _cores(w, tile):
+            wy0, wy1 = _window(cy0, cy1, h, halo, align, least)
+            wx0, wx1 = _window(cx0, cx1, w, halo, align, least)
+            trace = model.trace(np.ascontiguousarray(x[:, wy0:wy1, wx0:wx1]), upto=deepest)
+            grads = {}
+            for name, weight in layers.items():
+                s = strides[name]
+                lh, lw, lc = full[name]
+                # this core's positions in the layer, inside the global border, in window coordinates
+                ys = slice(max(cy0 // s, BORDER) - wy0 // s, min(cy1 // s if cy1 < h else lh, lh - BORDER) - wy0 // s)
+                xs = slice(max(cx0 // s, BORDER) - wx0 // s, min(cx1 // s if cx1 < w else lw, lw - BORDER) - wx0 // s)
+                a = model.backend.to_host(trace.output(name), copy=False)
+                scale = weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
+                g = np.zeros_like(a)
+                inner = a[:, ys, xs, :]
+                if inner.size:
+                    loss += scale * np.square(inner, dtype=np.float64).reshape(n, -1).sum(axis=1)
+                    g[:, ys, xs, :] = np.float32(2.0 * scale) * inner
+                grads[name] = g
+            g_window = trace.backward(grads)[INPUT]
+            grad[:, wy0:wy1, wx0:wx1] += model.backend.to_host(g_window, copy=False)
+    return loss.astype(np.float32), grad
+
+
+def dream_objective(model, layers: dict, tile: int = 512, roll: int = 0, seed: int = 0) -> Objective:
+    """The dream loss as an input-space objective for ``gradient_ascent``, tiled and rolled.
+
+    It reads only the input image and runs the network itself (window by window), so the shared
+    ascent loop sees one whole-image gradient however it was computed. ``roll`` > 0 shifts the
+    image circularly by a random offset in [-roll, roll] before each gradient and shifts the
+    gradient back (the TensorFlow tutorial's random roll).
+    """
+    rng = np.random.default_rng(seed)
+
+    def fn(acts):
+        x = acts[INPUT]
+        shift = (0, 0)
+        if roll:
+            shift = tuple(int(v) for v in rng.integers(-roll, roll + 1, size=2))
+            x = np.roll(x, shift, axis=(1, 2))
+        loss, g = dream_gradient(model, x, layers, tile)
+        if roll:
+            g = np.roll(g, (-shift[0], -shift[1]), axis=(1, 2))
+        return loss, {INPUT: g}
+
+    return Objective(fn, [INPUT], f"dream({layers}, tile={tile}, roll={roll})")
+
+
+# ------------------------------------------------------------------------------- the octaves
+
+
+def deep_dream(
+    model,
+    x,
+    layers: dict | None = None,
+    octaves: int = 4,
+    octave_scale: float = 1.4,
+    steps: int = 20,
+    step_size: float = DEFAULT_STEP_SIZE,
+    max_loss: float | None = None,
+    tile: int = 512,
+    roll: int = 0,
+    seed: int = 0,
+    callback=None,
+) -> DreamResult:
+    """Dream on a caffe-preprocessed NHWC batch (or one HWC image); see the module docstring.
+
+    ``callback(octave, step, loss)`` is called after every step (progress display), with the
+    octave index (0 = smallest) and the loss (N,) measured before that step.
+    """
+    x = np.array(x, dtype=np.float32, copy=True)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ConvscopeError(f"expected an NHWC image batch, got shape {x.shape}")
+    layers = default_layers(model) if layers is None else dict(layers)
+    if not layers:
+        raise ConvscopeError("give at least one layer to dream with")
+    for name in layers:
+        model.layer_index(name)  # a one-line error for an unknown name
+    if octaves < 1 or steps < 0 or tile < 1 or roll < 0:
+        raise ConvscopeError("octaves and tile must be at least 1, steps and roll at least 0")
+    if not octave_scale >= 1.0:
+        raise ConvscopeError(f"octave scale {octave_scale} must be at least 1")
+    shapes = octave_shapes(x.shape[1:3], octaves, octave_scale)
+    if min(shapes[0]) < 1:
+        raise ConvscopeError(f"{octaves} octaves shrink a {x.shape[1]}x{x.shape[2]} image to nothing: use fewer")
+    _check_layers(model, layers, shapes[0])
+    model.check_input(np.zeros((1, *shapes[0], x.shape[3]), np.float32))
+
+    objective = dream_objective(model, layers, tile=tile, roll=roll, seed=seed)
+    original = x
+    shrunk_original = resize_bilinear(original, shapes[0])
+    img = x
+    result = DreamResult(images=None)
+    for octave, shape in enumerate(shapes):
+        img = resize_bilinear(img, shape)
+        step_callback = None if callback is None else (lambda step, loss, o=octave: callback(o, step, loss))
+        ascent = gradient_ascent(
+            model, img, objective, steps=steps, step_size=step_size, normalize="mean_abs",
+            eps=1e-7, max_loss=max_loss, seed=seed, callback=step_callback,
+        )
+        img = ascent.images
+        same_size_original = resize_bilinear(original, shape)
+        img += same_size_original - resize_bilinear(shrunk_original, shape)
+        shrunk_original = same_size_original
+        result.losses.append(ascent.losses)
+        result.shapes.append(shape)
+    result.images = img
+    return result
