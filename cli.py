@@ -1560,5 +1560,146 @@ def texture(
     typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
 
 
+# ------------------------------------------------------------------------------- dream, classmax
+
+
+def parse_layer_weights(text: str) -> dict:
+    """'block4_conv3=1.0,block5_conv1=0.5' (a bare name weighs 1.0) -> {name: weight}."""
+    layers = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            layers[name.strip()] = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ConvscopeError(f"--layers: {item!r} is not NAME=WEIGHT (e.g. block4_conv3=1.0)") from None
+    if not layers:
+        raise ConvscopeError("--layers names no layer: give e.g. block4_conv3=1.0,block5_conv1=0.5")
+    return layers
+
+
+@command()
+def dream(
+    image: Annotated[Path, typer.Argument(help="Photo to dream on (JPEG, PNG, ...).", show_default=False)],
+    layers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--layers",
+            help="NAME=WEIGHT,... whose mean squared activations to raise. Default: "
+            "block4_conv3=1.0,block5_conv1=0.5, or the network's last two convolutions.",
+            show_default=False,
+        ),
+    ] = None,
+    octaves: Annotated[int, typer.Option("--octaves", help="Scales, smallest first, each octave-scale times larger.")] = 4,
+    octave_scale: Annotated[float, typer.Option("--octave-scale", help="Size ratio between octaves.")] = 1.4,
+    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps per octave.")] = 20,
+    step_size: Annotated[
+        float, typer.Option("--step-size", help="Step along the mean-|g|-normalised gradient, in caffe units (0..255 scale).")
+    ] = 1.275,  # engine.viz.dream.DEFAULT_STEP_SIZE: Keras' 0.01 for [-1, 1] inputs, in caffe units
+    max_loss: Annotated[
+        Optional[float], typer.Option("--max-loss", help="End an octave once its loss exceeds this.", show_default=False)
+    ] = None,
+    tile: Annotated[int, typer.Option("--tile", help="Compute gradients in windows of this many pixels (bounds memory).")] = 512,
+    roll: Annotated[int, typer.Option("--roll", help="Random circular shift of up to this many pixels per step (0: off).")] = 0,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    seed: Seed = 0,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+    array_path: SaveArray = None,
+):
+    """DeepDream (the Keras deep_dream example): raise chosen layers' activations over octaves; the photo's size."""
+    from engine.viz.dream import deep_dream, default_layers
+
+    photo = load_image(image)  # a bad image fails before the slow load
+    out = check_output(out if out is not None else Path(f"{image.stem}_dream.png"), overwrite)
+    check_array_output(array_path, overwrite)
+    model = load_model(weights, device)
+    chosen = parse_layer_weights(layers) if layers is not None else default_layers(model)
+    shown = ",".join(f"{name}={weight:g}" for name, weight in chosen.items())
+    typer.echo(f"dreaming {image} ({photo.shape[1]}x{photo.shape[0]}) with {shown}")
+    start = time.perf_counter()
+    with progress("dreaming", total=octaves * steps) as update:
+        result = deep_dream(
+            model, engine.preprocess_input(photo), layers=chosen, octaves=octaves, octave_scale=octave_scale,
+            steps=steps, step_size=step_size, max_loss=max_loss, tile=tile, roll=roll, seed=seed,
+            callback=lambda octave, step, loss: update(octave * steps + step + 1),
+        )
+    for octave, (shape, losses) in enumerate(zip(result.shapes, result.losses), start=1):
+        if len(losses):
+            typer.echo(
+                f"  octave {octave}/{len(result.shapes)} {shape[1]}x{shape[0]}: loss {losses[0, 0]:.6g} -> "
+                f"{losses[-1, 0]:.6g} ({len(losses)} steps)"
+            )
+    picture = engine.deprocess(result.images[0])
+    save_image(out, picture, overwrite)
+    save_array(array_path, result.images[0], overwrite)
+    typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}) in {time.perf_counter() - start:.1f} s on {model.device}")
+
+
+@command()
+def classmax(
+    klass: Annotated[
+        list[str],
+        typer.Option("--class", "-c", help="Class to draw (index or name); repeat for several, optimised as one batch.", show_default=False),
+    ],
+    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps.")] = 200,
+    step_size: Annotated[float, typer.Option("--step-size", help="Step along the RMS-normalised gradient, in caffe units.")] = 2.0,
+    score: Annotated[
+        Score, typer.Option("--score", help="'logit': the pre-softmax class score; 'probability': the softmax output.")
+    ] = Score.logit,
+    l2_decay: Annotated[float, typer.Option("--l2-decay", help="Shrink the image by this fraction each step (0: off).")] = 1e-4,
+    blur_every: Annotated[int, typer.Option("--blur-every", help="Gaussian blur every this many steps (0: off).")] = 4,
+    blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Width of the blur in pixels.")] = 0.5,
+    jitter: Annotated[int, typer.Option("--jitter", help="Random shift of up to this many pixels per step (0: off).")] = 4,
+    clip_norm: Annotated[
+        float, typer.Option("--clip-norm", help="Zero the pixels whose norm is below this percentile each step (0: off).")
+    ] = 0.0,
+    clip_contribution: Annotated[
+        float,
+        typer.Option("--clip-contribution", help="Zero the pixels contributing least (below this percentile) each step; costs a pass."),
+    ] = 0.0,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    seed: Seed = 0,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+    array_path: SaveArray = None,
+):
+    """What the network thinks a class looks like: ascent on its score from noise (Yosinski et al. 2015)."""
+    from engine.viz.classmax import class_model
+    from engine.viz.pictures import stitch_grid
+
+    model = load_model(weights, device, need_top=True)
+    if not model.has_classifier:
+        raise ConvscopeError(
+            f"classmax needs the VGG16 file with the classifier "
+            f"(vgg16_weights_tf_dim_ordering_tf_kernels.h5); {model.path} has none (a 'notop' file)"
+        )
+    n_classes = model.layers[-1].kernel.shape[1]
+    names = class_names_for(n_classes)
+    classes = [resolve_class(value, n_classes, names) for value in klass]
+    default = "classmax_" + "_".join(str(k) for k in classes) + ".png"
+    out = check_output(out if out is not None else Path(default), overwrite)
+    check_array_output(array_path, overwrite)
+    start = time.perf_counter()
+    with progress("class models", total=steps) as update:
+        result = class_model(
+            model, classes, steps=steps, step_size=step_size, score=score.value, l2_decay=l2_decay,
+            blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter, clip_norm=clip_norm,
+            clip_contribution=clip_contribution, seed=seed, callback=lambda step, loss: update(step + 1),
+        )
+    for i, k in enumerate(classes):
+        p = result.probabilities[i]
+        top = ", ".join(f"{class_label(j, names)} {p[j]:.4f}" for j in result.top(3)[i])
+        typer.echo(f"{class_label(k, names)} (class {k}): probability {p[k]:.4f}; top-3: {top}")
+    pictures = engine.deprocess(result.images)
+    picture = pictures[0] if len(classes) == 1 else stitch_grid(pictures, rows=1, margin=5, fill=255)
+    save_image(out, picture, overwrite)
+    save_array(array_path, result.images, overwrite)
+    typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}) in {time.perf_counter() - start:.1f} s on {model.device}")
+
+
 if __name__ == "__main__":
     app()
