@@ -11,7 +11,7 @@ from PIL import Image
 
 import engine
 from engine.errors import ConvscopeError
-from engine.viz.filters import parse_filter_spec, stage_sizes, start_images, stopping_loss, visualize_filters
+from engine.viz.filters import parse_filter_spec, stage_sizes, start_images, visualize_filters
 from engine.viz.pictures import grid_size, standardize_to_uint8, stitch_grid
 from engine.viz.transforms import jitter
 from engine.viz import objectives
@@ -125,11 +125,6 @@ def test_chosen_filters_keep_their_order_and_do_not_depend_on_the_batch(model, s
         loss, raw = by_filter(scanned["pool_free"], f)
         np.testing.assert_allclose(result.raw[i], raw, rtol=0, atol=1e-3)
         np.testing.assert_allclose(result.losses[i], loss, rtol=1e-5)
-
-
-def test_stopping_loss_is_the_examples_loss_value():
-    history = np.array([[1.0, 0.5, 2.0], [2.0, -0.1, 3.0], [3.0, 0.7, 0.0]])
-    np.testing.assert_array_equal(stopping_loss(history), [3.0, -0.1, 0.0])
 
 
 def test_same_seed_same_bytes_with_options(model):

@@ -137,3 +137,17 @@ def test_stopping_rules():
     stuck = gradient_ascent(model, x0, -obj.mean_square("c2"), steps=5, stop_if_nonpositive=True)
     assert stuck.losses.shape[0] == 1 and not stuck.active.any()
     assert not np.array_equal(stuck.images, x0)
+    # a batch where one sample stops early: its final loss is the one that stopped it
+    mixed = gradient_ascent(model, x0, obj.channel("c2", [0, 1]) * 1.0, steps=4, stop_if_nonpositive=True)
+    np.testing.assert_array_equal(mixed.final_loss, mixed.losses[-1])  # neither stopped here
+    first = loss0.copy()
+    objective = obj.channel("c2", [0, 1])
+    shifted = obj.Objective(
+        lambda acts: (lambda l, g: (l - np.array([first[0] + 1.0, 0.0]), g))(*objective(acts)),
+        objective.layers,
+    )
+    mixed = gradient_ascent(model, x0, shifted, steps=4, stop_if_nonpositive=True)
+    assert mixed.active.tolist() == [False, True] and mixed.losses.shape[0] == 4
+    assert mixed.losses[0, 0] <= 0 and mixed.final_loss[0] == mixed.losses[0, 0]
+    assert mixed.losses[-1, 0] != mixed.losses[0, 0]  # still measured after it stopped (its update applied)
+    assert mixed.final_loss[1] == mixed.losses[-1, 1]

@@ -30,13 +30,8 @@ class AscentResult:
     images: np.ndarray  # (N, H, W, C) the optimised batch
     losses: np.ndarray  # (steps run, N) loss measured at each step, before its update
     active: np.ndarray  # (N,) True for samples no stopping rule froze
-
-    @property
-    def final_loss(self) -> np.ndarray:
-        """Each sample's last measured loss (the number the Keras examples report)."""
-        if not len(self.losses):
-            return np.full(self.images.shape[0], np.nan, dtype=np.float32)
-        return self.losses[-1]
+    final_loss: np.ndarray  # (N,) each sample's loss at the last step it took part in: the
+    # number the Keras examples report (for a frozen sample, the loss that stopped it)
 
 
 def normalize_gradient(g, method, eps=None):
@@ -101,10 +96,12 @@ def gradient_ascent(
         x = x[None]
     rng = np.random.default_rng(seed)
     active = np.ones(len(x), dtype=bool)
+    final_loss = np.full(len(x), np.nan, dtype=np.float32)
     history = []
     for step in range(steps):
         loss, g = objective_gradient(model, x, objective, transforms, rng, relu)
         history.append(loss)
+        final_loss[active] = loss[active]
         if max_loss is not None:
             active &= loss <= max_loss
         update = normalize_gradient(g, normalize, eps)
@@ -116,4 +113,4 @@ def gradient_ascent(
         if not active.any():
             break
     losses = np.array(history, dtype=np.float32).reshape(len(history), len(x))
-    return AscentResult(images=x, losses=losses, active=active)
+    return AscentResult(images=x, losses=losses, active=active, final_loss=final_loss)

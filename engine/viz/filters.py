@@ -82,14 +82,6 @@ def stage_sizes(size: int, upscale_steps: int = 0, upscale_factor: float = 1.2) 
     return [int(size / upscale_factor**k) for k in range(int(upscale_steps), -1, -1)]
 
 
-def stopping_loss(losses: np.ndarray) -> np.ndarray:
-    """Per column of a (steps, n) loss history: the first loss <= 0 if any, else the last one."""
-    losses = np.asarray(losses)
-    stopped = losses <= 0
-    step = np.where(stopped.any(axis=0), stopped.argmax(axis=0), len(losses) - 1)
-    return losses[step, np.arange(losses.shape[1])]
-
-
 def parse_filter_spec(text: str) -> list[int]:
     """'0-63', '3,7,9' or '0-3,10' -> a list of indices (ranges inclusive), order kept."""
     indices = []
@@ -171,7 +163,7 @@ def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transf
                 callback=lambda step, _loss: report(stage, step + 1),
             )
             x[rows] = result.images
-            final[rows] = stopping_loss(result.losses)
+            final[rows] = result.final_loss
             alive[rows] = final[rows] > 0
         report(stage, steps)
     return x, final
