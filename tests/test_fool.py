@@ -81,7 +81,7 @@ def test_fgsm_matches_pytorch(vgg16, image, reference):
     theirs = -epsilon * reference["fgsm/sign"][resolved].astype(np.float64)
     assert rel_err(ours, theirs) < 1e-3
 
-    result = fgsm(vgg16, image, target, epsilon=epsilon)  # x in -30..40: no clipping at 2 levels
+    result = fgsm(vgg16, image, target, epsilon=epsilon, quantize=False)  # x in -30..40: no clipping at 2 levels
     np.testing.assert_allclose(result.images - image, -epsilon * np.sign(g), atol=1e-5)  # float32 rounding
     assert result.linf[0] == pytest.approx(epsilon)
     assert result.probabilities[0, target] > result.original_probabilities[0, target]
@@ -90,7 +90,8 @@ def test_fgsm_matches_pytorch(vgg16, image, reference):
 def test_fool_reaches_confidence_within_steps(vgg16, image, reference):
     target = int(reference["fgsm/target"])
     seen = []
-    result = fool(vgg16, image, target, confidence=0.99, steps=3, lr=0.25, callback=lambda s, l: seen.append(s))
+    result = fool(vgg16, image, target, confidence=0.99, steps=3, lr=0.25, quantize=False,
+                  callback=lambda s, l: seen.append(s))
     assert result.reached[0] and result.probabilities[0, target] >= 0.99
     assert 1 <= result.steps[0] <= 2 and len(seen) == result.steps[0] + 1  # the last pass only measures
     np.testing.assert_allclose(result.original_probabilities, reference["fgsm/probabilities"], rtol=1e-3, atol=1e-6)

@@ -29,6 +29,12 @@ CAFFE_HIGH = np.float32(255.0) - np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
 CAFFE_BOUNDS = (CAFFE_LOW, CAFFE_HIGH)
 
 
+def caffe_quantize(x) -> np.ndarray:
+    """Round a caffe-space image to the 8-bit pixel grid (what ``deprocess`` then saves)."""
+    mean = np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
+    return (np.rint(np.asarray(x, np.float32) + mean) - mean).astype(np.float32)
+
+
 @dataclass
 class DescentResult:
     images: np.ndarray  # (N, H, W, C) the optimised batch
@@ -54,11 +60,15 @@ def adam_descent(
     transforms=(),
     seed: int = 0,
     callback=None,
+    quantize=None,
 ) -> DescentResult:
     """Minimise ``objective`` (a loss) over the batch ``x`` with Adam; see the module docstring.
 
     ``bounds``: (low, high) broadcastable to x (e.g. ``CAFFE_BOUNDS``), applied after each step.
     ``callback(step, loss)`` runs after every step (progress display).
+    ``quantize`` (e.g. ``caffe_quantize``): the objective is evaluated at quantize(x) and its
+    gradient applied to the float x (straight-through), and the result holds quantize(x): the
+    stopping rule then judges exactly the image that will be saved.
     """
     x = np.array(x, dtype=np.float32, copy=True)
     if x.ndim == 3:
@@ -74,7 +84,8 @@ def adam_descent(
     rng = np.random.default_rng(seed)
     history = []
     for step in range(steps):
-        loss, g = objective_gradient(model, x, objective, transforms, rng)
+        seen = x if quantize is None else quantize(x)
+        loss, g = objective_gradient(model, seen, objective, transforms, rng)
         history.append(loss)
         if stop is not None:
             active &= ~np.asarray(stop(step, loss), dtype=bool)
@@ -96,4 +107,5 @@ def adam_descent(
         if callback is not None:
             callback(step, loss)
     losses = np.array(history, dtype=np.float32).reshape(len(history), len(x))
-    return DescentResult(images=x, losses=losses, steps=t, active=active)
+    images = x if quantize is None else quantize(x)
+    return DescentResult(images=images, losses=losses, steps=t, active=active)

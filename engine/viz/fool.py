@@ -8,7 +8,9 @@ Iterative (``fool``): minimise, with Adam (``engine.viz.adam``), the loss
     -log p_target(x) + (l2 / 2) * ||x - x0||^2
 
 in caffe-preprocessed space, clipping x to the valid pixel range (0..255 per channel) after every
-step, and stop each sample as soon as its measured p_target >= ``confidence`` (checked before the
+step and judging the image rounded to 8-bit pixels (straight-through: the gradient at the rounded
+image moves the float one; ``quantize=False`` judges the float image), and stop each sample
+as soon as its measured p_target >= ``confidence`` (checked before the
 step's update, so a stopped sample's image is exactly the one measured). The cross-entropy
 gradient is d(-log p_t)/d logits = softmax - onehot(t), injected at the logits (no saturation:
 it does not vanish as p -> 0 the way the probability's own gradient does). The L2 term keeps the
@@ -28,7 +30,7 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.viz import objectives
-from engine.viz.adam import CAFFE_BOUNDS, adam_descent
+from engine.viz.adam import CAFFE_BOUNDS, adam_descent, caffe_quantize
 from engine.viz.ascent import objective_gradient
 from engine.viz.objectives import Objective, _per_sample
 
@@ -96,8 +98,12 @@ def _batch(x):
     return x[None] if x.ndim == 3 else x
 
 
-def fool(model, x, targets, confidence=0.99, steps=100, lr=0.5, l2=1e-4, callback=None) -> FoolResult:
-    """Iterative targeted fooling (see the module docstring); ``lr`` in pixel levels per step."""
+def fool(model, x, targets, confidence=0.99, steps=100, lr=0.5, l2=1e-4, quantize=True, callback=None) -> FoolResult:
+    """Iterative targeted fooling (see the module docstring); ``lr`` in pixel levels per step.
+
+    ``quantize``: judge (and return) the image rounded to 8-bit pixels, so that the saved file
+    keeps p >= confidence (sub-level changes vanish when a float image is rounded).
+    """
     x0 = _batch(x)
     t = _check_classifier(model, targets, len(x0))
     if not 0.0 < confidence < 1.0:
@@ -113,7 +119,8 @@ def fool(model, x, targets, confidence=0.99, steps=100, lr=0.5, l2=1e-4, callbac
             first["p"] = p.copy()
         return p[rows, t] >= confidence
 
-    result = adam_descent(model, x0, objective, steps, lr=lr, bounds=CAFFE_BOUNDS, stop=stop, callback=callback)
+    result = adam_descent(model, x0, objective, steps, lr=lr, bounds=CAFFE_BOUNDS, stop=stop, callback=callback,
+                          quantize=caffe_quantize if quantize else None)
     original = first["p"] if "p" in first else model.predict(x0)
     final = model.predict(result.images)
     size_l2, size_linf = change_size(x0, result.images)
@@ -132,8 +139,9 @@ def cross_entropy_gradient(model, x, targets):
     return loss, ce.probabilities.astype(np.float32), g
 
 
-def fgsm(model, x, targets, epsilon=2.0) -> FoolResult:
-    """Targeted FGSM: x - epsilon * sign(d(-log p_target)/dx), clipped to the pixel range."""
+def fgsm(model, x, targets, epsilon=2.0, quantize=True) -> FoolResult:
+    """Targeted FGSM: x - epsilon * sign(d(-log p_target)/dx), clipped to the pixel range
+    (and rounded to 8-bit pixels when ``quantize``; a no-op for whole epsilons on 8-bit photos)."""
     x0 = _batch(x)
     t = _check_classifier(model, targets, len(x0))
     if epsilon <= 0:
@@ -141,6 +149,7 @@ def fgsm(model, x, targets, epsilon=2.0) -> FoolResult:
     loss, original, g = cross_entropy_gradient(model, x0, t)
     low, high = CAFFE_BOUNDS
     images = np.clip(x0 - np.float32(epsilon) * np.sign(g), low, high).astype(np.float32)
+    images = caffe_quantize(images) if quantize else images
     final = model.predict(images)
     size_l2, size_linf = change_size(x0, images)
     return FoolResult(
