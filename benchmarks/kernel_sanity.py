@@ -10,6 +10,11 @@ NumPy's OpenBLAS picks its kernels when NumPy is imported, so compare e.g.
 
     python benchmarks/kernel_sanity.py
     OPENBLAS_CORETYPE=SkylakeX python benchmarks/kernel_sanity.py
+
+``--compare`` times every layer with each algorithm (im2col + GEMM, Winograd F(2x2, 3x3), F(4x4,
+3x3)) forward and input gradient, interleaved A/B/C in one process, and prints each one's error
+against the float64 reference on the same data. Kernels are read-only, as loaded weights should
+be, so Winograd's kernel transform is cached (``--no-cache`` makes them writable).
 """
 
 import argparse
@@ -24,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 import kernels.cpu as cpu
 from kernels import reference as ref
-from kernels.cpu import im2col
+from kernels.cpu import conv, im2col, winograd
 
 VGG16_CONVS = [  # (c_in, c_out, pool after)
     (3, 64, False), (64, 64, True),
@@ -39,6 +44,7 @@ def build_layers(rng, size):
     layers, h = [], size
     for ci, co, pool in VGG16_CONVS:
         kernel = (rng.standard_normal((3, 3, ci, co)) * np.sqrt(2 / (9 * ci))).astype(np.float32)
+        kernel.flags.writeable = False  # immutable weights: Winograd caches their transform
         layers.append((h, kernel, np.zeros(co, np.float32), pool))
         h = h // 2 if pool else h
     return layers
@@ -84,19 +90,83 @@ def run_network(layers, batch, record=None):
             record["bwd"][i] = min(record["bwd"][i], time.perf_counter() - t)
 
 
+ALGORITHMS = {
+    "im2col": lambda *a: im2col.conv_im2col_gemm(*a),
+    "wino2": lambda *a: winograd.conv_winograd(*a, m=2),
+    "wino4": lambda *a: winograd.conv_winograd(*a, m=4),
+}
+
+
+def compare(layers, batch, repeats):
+    """Per layer and direction: best wall ms of each algorithm (interleaved) and its error."""
+    rng = np.random.default_rng(2)
+    totals = {(name, d): 0.0 for name in ALGORITHMS for d in ("fwd", "bwd")}
+    print(f"{'layer':>5} {'HxW':>7} {'Ci->Co':>9} {'dir':>3} " + " ".join(
+        f"{name + ' ms':>10} {'GF/s':>6} {'err':>7}" for name in ALGORITHMS))
+    for i, (h, kernel, bias, _) in enumerate(layers):
+        ci, co = kernel.shape[2:]
+        flops = 2 * batch * h * h * 9 * ci * co
+        x = np.maximum(rng.standard_normal((batch, h, h, ci)), 0).astype(np.float32)
+        g = rng.standard_normal((batch, h, h, co)).astype(np.float32)
+        for d in ("fwd", "bwd"):
+            if d == "fwd":
+                args = (x, kernel, bias, (1, 1), True)
+                out = np.empty((batch, h, h, co), np.float32)
+                exact = ref.conv2d_forward(x.astype(np.float64), kernel.astype(np.float64),
+                                           bias.astype(np.float64), (1, 1), True,
+                                           np.empty(out.shape))
+            else:
+                args = (g, kernel, None, (1, 1), False)
+                out = np.empty((batch, h, h, ci), np.float32)
+                exact = ref.conv2d_backward_input(g.astype(np.float64), kernel.astype(np.float64),
+                                                  (1, 1), np.empty(out.shape))
+            best, errs = {}, {}
+            for name, fn in ALGORITHMS.items():  # warm-up (compile, cache) and error
+                fn(*args, out, d == "bwd")
+                errs[name] = np.linalg.norm(out - exact) / np.linalg.norm(exact)
+                best[name] = float("inf")
+            for _ in range(repeats):
+                for name, fn in ALGORITHMS.items():
+                    t = time.perf_counter()
+                    fn(*args, out, d == "bwd")
+                    best[name] = min(best[name], time.perf_counter() - t)
+            for name in ALGORITHMS:
+                totals[(name, d)] += best[name]
+            print(f"{i + 1:>5} {h:>3}x{h:<3} {ci:>4}->{co:<4} {d:>3} " + " ".join(
+                f"{best[n] * 1e3:10.2f} {flops / best[n] / 1e9:6.1f} {errs[n]:7.1e}"
+                for n in ALGORITHMS))
+    for d in ("fwd", "bwd"):
+        print(f"total {d}: " + "  ".join(
+            f"{n} {totals[(n, d)] * 1e3:.1f} ms" for n in ALGORITHMS))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workspace-mb", type=float, default=None)
+    parser.add_argument("--wino-workspace-mb", type=float, default=None)
+    parser.add_argument("--compare", action="store_true", help="each algorithm per layer")
+    parser.add_argument("--no-cache", action="store_true", help="writable kernels: no cache")
+    parser.add_argument("--min-channels", type=int, default=None, help="Winograd threshold")
     args = parser.parse_args()
     if args.workspace_mb is not None:
         im2col.WORKSPACE_BYTES = int(args.workspace_mb * 2**20)
+    if args.wino_workspace_mb is not None:
+        winograd.WORKSPACE_BYTES = int(args.wino_workspace_mb * 2**20)
+    if args.min_channels is not None:
+        conv.WINOGRAD_MIN_CHANNELS = args.min_channels
 
     rng = np.random.default_rng(0)
     validate(rng)
     layers = build_layers(rng, args.size)
+    if args.no_cache:
+        for _, kernel, _, _ in layers:
+            kernel.flags.writeable = True
+    if args.compare:
+        compare(layers, args.batch, args.repeats)
+        return
     run_network(layers, args.batch)  # warm-up: compile/load kernels, fault in BLAS buffers
     inf = float("inf")
     record = {"fwd": [inf] * len(layers), "bwd": [inf] * len(layers)}
@@ -110,6 +180,9 @@ def main():
     print(
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
         f"size={args.size} batch={args.batch} workspace={im2col.WORKSPACE_BYTES / 2**20:g} MiB "
+        f"winograd workspace={winograd.WORKSPACE_BYTES / 2**20:g} MiB "
+        f"min channels={conv.WINOGRAD_MIN_CHANNELS} cache={not args.no_cache} "
+        f"load={os.getloadavg()[0]:.2f} "
         f"(best of {args.repeats})"
     )
     print(f"{'layer':>5} {'HxW':>7} {'Ci->Co':>9} {'fwd ms':>8} {'GF/s':>6} {'bwd ms':>8} {'GF/s':>6}")

@@ -2,25 +2,38 @@
 
 The public ops check shapes, bring inputs to C-contiguous arrays of the output's dtype, and hand
 the work to one inner-product *algorithm*: a function ``(x, kernel, bias_or_None, pad, relu,
-out) -> out``. ``choose_algorithm`` picks it from the geometry alone (no global state), so a
-faster one (a direct kernel for tiny channel counts, Winograd F(2x2, 3x3) for VGG's 3x3 layers)
-slots in there without touching the ops or their callers.
+out, transposed) -> out``. ``choose_algorithm`` picks it from the geometry alone (no global
+state): Winograd F(m x m, 3 x 3) (``winograd.py``) for 3x3 kernels over at least
+``WINOGRAD_MIN_CHANNELS`` input channels, a plain GEMM for unpadded same-size 1x1 kernels, im2col +
+GEMM for everything else.
 
 The input gradient is the same forward convolution applied to ``grad_out`` with the kernel
 flipped spatially and its channel axes swapped, ``kernel_t[ky, kx, co, ci] = kernel[kh-1-ky,
-kw-1-kx, ci, co]``, and padding ``(kh-1-top, kw-1-left)``; no bias, no ReLU. Every output is
-written, so buffers need not be zeroed by the caller. Stride 1 only.
+kw-1-kx, ci, co]``, and padding ``(kh-1-top, kw-1-left)``; no bias, no ReLU. Algorithms take the
+forward kernel with ``transposed=True`` and apply ``kernel_t`` however suits them (im2col builds
+it; Winograd transforms the forward kernel straight into kernel_t's, and caches that for
+read-only kernels). Every output is written, so buffers need not be zeroed by the caller.
+Stride 1 only.
 """
 
-import numpy as np
-
 from kernels.cpu._checks import input_like, output_buffer
-from kernels.cpu.im2col import conv_im2col_gemm, conv_pointwise_gemm
+from kernels.cpu.im2col import conv_im2col_gemm, conv_pointwise_gemm, flipped_transposed
+from kernels.cpu.winograd import conv_winograd
+
+# Below this many input channels Winograd's a^2 GEMMs (K = Ci) are too thin for BLAS and im2col's
+# single K = 9 * Ci GEMM wins (VGG16's first layer, Ci = 3: 8 ms vs 32 ms at 224x224). Few output
+# channels are fine: the first layer's input gradient (64 -> 3) takes 32 ms vs im2col's 60 ms.
+# See benchmarks/kernel_sanity.py --compare.
+WINOGRAD_MIN_CHANNELS = 16
+
+__all__ = ["choose_algorithm", "conv2d_forward", "conv2d_backward_input", "flipped_transposed"]
 
 
 def choose_algorithm(kernel_shape, pad, in_shape, out_shape):
-    """The inner-product implementation for this geometry."""
-    kh, kw = kernel_shape[:2]
+    """The inner-product implementation for this geometry (kernel_shape: the one applied)."""
+    kh, kw, ci, co = kernel_shape
+    if (kh, kw) == (3, 3) and ci >= WINOGRAD_MIN_CHANNELS:
+        return conv_winograd
     if (kh, kw) == (1, 1) and tuple(pad) == (0, 0) and in_shape[1:3] == out_shape[1:3]:
         return conv_pointwise_gemm
     return conv_im2col_gemm
@@ -48,12 +61,7 @@ def conv2d_forward(x, kernel, bias, pad, relu, out):
     if bias.shape[0] != kernel.shape[3]:
         raise ValueError(f"bias {bias.shape} does not match c_out = {kernel.shape[3]}")
     conv = choose_algorithm(kernel.shape, pad, x.shape, out.shape)
-    return conv(x, kernel, bias, pad, bool(relu), out)
-
-
-def flipped_transposed(kernel):
-    """kernel_t[ky, kx, co, ci] = kernel[kh-1-ky, kw-1-kx, ci, co], C-contiguous."""
-    return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    return conv(x, kernel, bias, pad, bool(relu), out, False)
 
 
 def conv2d_backward_input(grad_out, kernel, pad, grad_in):
@@ -62,8 +70,7 @@ def conv2d_backward_input(grad_out, kernel, pad, grad_in):
     grad_out = input_like(grad_out, grad_in, "grad_out", ndim=4)
     kernel = input_like(kernel, grad_in, "kernel")
     _check_geometry(grad_in, kernel, grad_out, "grad_in", "grad_out")
-    kh, kw = kernel.shape[:2]
-    kernel_t = flipped_transposed(kernel)
+    kh, kw, ci, co = kernel.shape
     pad_t = (kh - 1 - int(pad[0]), kw - 1 - int(pad[1]))
-    conv = choose_algorithm(kernel_t.shape, pad_t, grad_out.shape, grad_in.shape)
-    return conv(grad_out, kernel_t, None, pad_t, False, grad_in)
+    conv = choose_algorithm((kh, kw, co, ci), pad_t, grad_out.shape, grad_in.shape)
+    return conv(grad_out, kernel, None, pad_t, False, grad_in, True)

@@ -83,8 +83,18 @@ def _chunk_rows(total_rows, bytes_per_row):
     return -(-total_rows // n_chunks)
 
 
-def conv_im2col_gemm(x, kernel, bias, pad, relu, out):
-    """out = [relu](bias + x (*) kernel) with C-contiguous arrays of one dtype; bias may be None."""
+def flipped_transposed(kernel):
+    """kernel_t[ky, kx, co, ci] = kernel[kh-1-ky, kw-1-kx, ci, co], C-contiguous."""
+    return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
+def conv_im2col_gemm(x, kernel, bias, pad, relu, out, transposed=False):
+    """out = [relu](bias + x (*) kernel) with C-contiguous arrays of one dtype; bias may be None.
+
+    ``transposed``: apply ``flipped_transposed(kernel)`` instead (the input gradient's kernel).
+    """
+    if transposed:
+        kernel = flipped_transposed(kernel)
     n, _, _, ci = x.shape
     kh, kw, _, co = kernel.shape
     _, ho, wo, _ = out.shape
@@ -105,8 +115,10 @@ def conv_im2col_gemm(x, kernel, bias, pad, relu, out):
     return out
 
 
-def conv_pointwise_gemm(x, kernel, bias, pad, relu, out):
+def conv_pointwise_gemm(x, kernel, bias, pad, relu, out, transposed=False):
     """A 1x1, unpadded, same-size convolution: a plain GEMM over pixels, chunked for the epilogue."""
+    if transposed:
+        kernel = flipped_transposed(kernel)
     n, h, w, ci = x.shape
     co = kernel.shape[3]
     pixels = n * h * w

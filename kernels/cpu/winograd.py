@@ -4,10 +4,19 @@ Lavin & Gray's minimal filtering: an output tile Y (m x m) of one channel pair i
 ``A^T [(G g G^T) . (B^T d B)] A`` for the input tile d (a = m + 2 square) and kernel g (3 x 3).
 Summed over input channels the element-wise product becomes a^2 independent GEMMs, so a layer is
 
-    V[k, t, ci] = (B^T d_t B)[k]          input transform, one row per tile t   (parallel Numba)
+    d[i, j, t, ci]                        tiles gathered, zero-padded            (parallel Numba)
+    V[k, t, ci] = (B^T d_t B)[k]          input transform                        (2 thin SGEMMs)
     U[k, ci, co] = (G g G^T)[k]           kernel transform, cached (see below)
-    M[k] = V[k] @ U[k]                    a^2 SGEMMs (T x Ci) @ (Ci x Co)       (OpenBLAS)
-    out[tile t] = A^T M[:, t] A + bias    output transform + bias(+ReLU)        (parallel Numba)
+    M[k] = V[k] @ U[k]                    a^2 SGEMMs (T x Ci) @ (Ci x Co)        (OpenBLAS)
+    Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform                       (2 thin SGEMMs)
+    out[tile t] = [relu](Y + bias)        scattered, ragged edges dropped        (parallel Numba)
+
+The transforms are separable: B^T d B is B^T applied along the tile's columns for every (row,
+tile, channel) at once, then along its rows, i.e. (a x a) @ (a x a*T*Ci) products. A hand-written
+per-tile Numba transform (first version of this file) did not vectorise: its a^2 load and store
+streams at runtime strides exceed LLVM's runtime alias-check budget, so it ran scalar at
+~0.7 GB/s per thread, slower than the GEMMs; the BLAS form is vectorised and threaded, and
+spends ~a multiply-adds per value where the sparse formulas need ~a/2 (memory-bound anyway).
 
 for 9 m^2 / a^2 multiplications per output of a direct/im2col convolution: 2.25x fewer for
 F(2x2), 4x fewer for F(4x4). Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile
@@ -38,49 +47,36 @@ from collections import OrderedDict
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu._types import b1, c_array, i64, per_float, types
+from kernels.cpu._types import FLOATS, b1, c_array, i64, per_float, types
 
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices). See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
 WORKSPACE_BYTES = 8 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
 
-# --- the 1-D transforms, applied to rows and then to columns -----------------------------------
-# Constants are float32 scalars: an integer literal times a float32 would promote the whole
-# transform to float64 in Numba (half the SIMD width); float32 * float64 stays float64, so the
-# float64 build is unaffected (the values are exact in both).
-_0, _2, _4, _5, _8 = (np.float32(v) for v in (0, 2, 4, 5, 8))
+# --- transform matrices (Lavin & Gray), float64 ---------------------------------------------------
 
-
-@njit(inline="always")
-def _bt4(d0, d1, d2, d3):  # B^T d for F(2, 3)
-    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
-
-
-@njit(inline="always")
-def _at4(m0, m1, m2, m3):  # A^T m for F(2, 3)
-    return m0 + m1 + m2, m1 - m2 - m3
-
-
-@njit(inline="always")
-def _bt6(d0, d1, d2, d3, d4, d5):  # B^T d for F(4, 3)
-    return (
-        _4 * d0 - _5 * d2 + d4,
-        d3 + d4 - _4 * (d1 + d2),
-        _4 * (d1 - d2) + d4 - d3,
-        _2 * (d3 - d1) + d4 - d2,
-        _2 * (d1 - d3) + d4 - d2,
-        _4 * d1 - _5 * d3 + d5,
-    )
-
-
-@njit(inline="always")
-def _at6(m0, m1, m2, m3, m4, m5):  # A^T m for F(4, 3)
-    s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
-    return m0 + s12 + s34, d12 + _2 * d34, s12 + _4 * s34, d12 + _8 * d34 + m5
-
-
-# G for each m (a x 3), float64: the kernel transform runs rarely, in double precision.
+_BT = {
+    2: np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
+    4: np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        dtype=np.float64,
+    ),
+}
+_AT = {
+    2: np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64),
+    4: np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+        dtype=np.float64,
+    ),
+}
 _G = {
     2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
     4: np.array(
@@ -95,88 +91,34 @@ _G = {
     ),
 }
 
-# --- input transform -----------------------------------------------------------------------------
-# Each helper transforms one tile for every channel c (the innermost, vectorised loop) and writes
-# V[k, t, c] into the flat V of the chunk (planes of tc * ci values). ``src[base + i*row + j*ci +
-# c]`` is the tile's input value (i, j, c): the image itself for interior tiles, a zero-padded copy
-# of the tile for those that cross an edge.
+
+def _maybe_readonly(ndim):
+    """C-contiguous array types of every float, writable and read-only (weights may be frozen)."""
+    return [types.Array(f, ndim, "C", readonly=r) for f in FLOATS for r in (False, True)]
 
 
-@njit(inline="always")
-def _store4(v, o, plane, k0, x):
-    v[o + k0 * plane] = x[0]
-    v[o + (k0 + 4) * plane] = x[1]
-    v[o + (k0 + 8) * plane] = x[2]
-    v[o + (k0 + 12) * plane] = x[3]
-
-
-@njit(inline="always")
-def _row4(src, b, ci):
-    return _bt4(src[b], src[b + ci], src[b + 2 * ci], src[b + 3 * ci])
-
-
-@njit(inline="always")
-def _input_tile_f2(src, base, row, ci, v, t, tc):
-    plane = tc * ci
-    for c in range(ci):
-        b = base + c
-        r0 = _row4(src, b, ci)
-        r1 = _row4(src, b + row, ci)
-        r2 = _row4(src, b + 2 * row, ci)
-        r3 = _row4(src, b + 3 * row, ci)
-        o = t * ci + c
-        _store4(v, o, plane, 0, _bt4(r0[0], r1[0], r2[0], r3[0]))
-        _store4(v, o, plane, 1, _bt4(r0[1], r1[1], r2[1], r3[1]))
-        _store4(v, o, plane, 2, _bt4(r0[2], r1[2], r2[2], r3[2]))
-        _store4(v, o, plane, 3, _bt4(r0[3], r1[3], r2[3], r3[3]))
-
-
-@njit(inline="always")
-def _store6(v, o, plane, k0, x):
-    v[o + k0 * plane] = x[0]
-    v[o + (k0 + 6) * plane] = x[1]
-    v[o + (k0 + 12) * plane] = x[2]
-    v[o + (k0 + 18) * plane] = x[3]
-    v[o + (k0 + 24) * plane] = x[4]
-    v[o + (k0 + 30) * plane] = x[5]
-
-
-@njit(inline="always")
-def _row6(src, b, ci):
-    return _bt6(src[b], src[b + ci], src[b + 2 * ci], src[b + 3 * ci], src[b + 4 * ci],
-                src[b + 5 * ci])
-
-
-@njit(inline="always")
-def _input_tile_f4(src, base, row, ci, v, t, tc):
-    plane = tc * ci
-    for c in range(ci):
-        b = base + c
-        r0 = _row6(src, b, ci)
-        r1 = _row6(src, b + row, ci)
-        r2 = _row6(src, b + 2 * row, ci)
-        r3 = _row6(src, b + 3 * row, ci)
-        r4 = _row6(src, b + 4 * row, ci)
-        r5 = _row6(src, b + 5 * row, ci)
-        o = t * ci + c
-        _store6(v, o, plane, 0, _bt6(r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]))
-        _store6(v, o, plane, 1, _bt6(r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]))
-        _store6(v, o, plane, 2, _bt6(r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]))
-        _store6(v, o, plane, 3, _bt6(r0[3], r1[3], r2[3], r3[3], r4[3], r5[3]))
-        _store6(v, o, plane, 4, _bt6(r0[4], r1[4], r2[4], r3[4], r4[4], r5[4]))
-        _store6(v, o, plane, 5, _bt6(r0[5], r1[5], r2[5], r3[5], r4[5], r5[5]))
+# --- tile gather and scatter (parallel Numba; the transforms themselves are small GEMMs) --------
 
 
 @njit(
-    per_float(lambda f: types.void(c_array(f, 4), i64, i64, i64, i64, i64, i64, c_array(f, 1))),
+    [
+        types.void(x_type, i64, i64, i64, i64, i64, i64, c_array(x_type.dtype, 1))
+        for x_type in _maybe_readonly(4)
+    ],
     parallel=True,
     cache=True,
 )
-def input_transform(x, m, top, left, tiles_h, tiles_w, t0, v):
-    """V (flat, (a^2, tc, ci)) of tiles t0 .. t0 + tc - 1, tc = v.size // (a^2 ci); a = m + 2."""
+def gather_tiles(x, m, top, left, tiles_h, tiles_w, t0, d):
+    """d[i, j, t, c] = x[n, y0 + i, x0 + j, c] (zero outside x) for tiles t0 .. t0 + tc - 1.
+
+    d is flat, (a, a, tc, ci) with a = m + 2 and tc = d.size // (a^2 ci); tile t0 + t is image n,
+    tile row ty, column tx, with y0 = ty*m - top, x0 = tx*m - left. Each (i, j) is one contiguous
+    run of ci values in and out, a copy LLVM vectorises.
+    """
     _, h, w, ci = x.shape
     a = m + 2
-    tc = v.size // (a * a * ci)
+    tc = d.size // (a * a * ci)
+    plane = tc * ci
     per_image = tiles_h * tiles_w
     flat = x.reshape(-1)
     for t in prange(tc):
@@ -186,97 +128,18 @@ def input_transform(x, m, top, left, tiles_h, tiles_w, t0, v):
         ty = r // tiles_w
         y0 = ty * m - top
         x0 = (r - ty * tiles_w) * m - left
-        if y0 >= 0 and x0 >= 0 and y0 + a <= h and x0 + a <= w:
-            base = ((n * h + y0) * w + x0) * ci
-            if m == 2:
-                _input_tile_f2(flat, base, w * ci, ci, v, t, tc)
-            else:
-                _input_tile_f4(flat, base, w * ci, ci, v, t, tc)
-            continue
-        # the tile crosses an edge: gather it into a zero-padded copy
-        tile = np.zeros(a * a * ci, dtype=x.dtype)
-        for i in range(max(0, -y0), min(a, h - y0)):
-            for j in range(max(0, -x0), min(a, w - x0)):
-                s = ((n * h + y0 + i) * w + x0 + j) * ci
-                d = (i * a + j) * ci
-                for c in range(ci):
-                    tile[d + c] = flat[s + c]
-        if m == 2:
-            _input_tile_f2(tile, 0, a * ci, ci, v, t, tc)
-        else:
-            _input_tile_f4(tile, 0, a * ci, ci, v, t, tc)
-
-
-# --- output transform ----------------------------------------------------------------------------
-
-
-@njit(inline="always")
-def _col4(mm, o, plane, j):
-    return _at4(mm[o + j * plane], mm[o + (4 + j) * plane], mm[o + (8 + j) * plane],
-                mm[o + (12 + j) * plane])
-
-
-@njit(inline="always")
-def _col6(mm, o, plane, j):
-    return _at6(mm[o + j * plane], mm[o + (6 + j) * plane], mm[o + (12 + j) * plane],
-                mm[o + (18 + j) * plane], mm[o + (24 + j) * plane], mm[o + (30 + j) * plane])
-
-
-@njit(inline="always")
-def _finish(v, b, relu):
-    v += b
-    if relu and v < _0:  # NaN propagates, as in the im2col epilogue
-        v = _0
-    return v
-
-
-@njit(inline="always")
-def _output_tile_f2(mm, t, tc, bias, relu, dst, base, row, co):
-    """dst[base + i*row + j*co + c] = relu(bias + (A^T M A)[i, j]) for the 2x2 tile t."""
-    plane = tc * co
-    for c in range(co):
-        o = t * co + c
-        # columns first: u_j = A^T M[:, j] (2 values each), then rows: Y[i] = A^T (u_0..u_3)[i]
-        u0 = _col4(mm, o, plane, 0)
-        u1 = _col4(mm, o, plane, 1)
-        u2 = _col4(mm, o, plane, 2)
-        u3 = _col4(mm, o, plane, 3)
-        b = bias[c]
-        y0 = _at4(u0[0], u1[0], u2[0], u3[0])
-        y1 = _at4(u0[1], u1[1], u2[1], u3[1])
-        d = base + c
-        dst[d] = _finish(y0[0], b, relu)
-        dst[d + co] = _finish(y0[1], b, relu)
-        dst[d + row] = _finish(y1[0], b, relu)
-        dst[d + row + co] = _finish(y1[1], b, relu)
-
-
-@njit(inline="always")
-def _store_row4(dst, d, co, b, relu, y):
-    dst[d] = _finish(y[0], b, relu)
-    dst[d + co] = _finish(y[1], b, relu)
-    dst[d + 2 * co] = _finish(y[2], b, relu)
-    dst[d + 3 * co] = _finish(y[3], b, relu)
-
-
-@njit(inline="always")
-def _output_tile_f4(mm, t, tc, bias, relu, dst, base, row, co):
-    """dst[base + i*row + j*co + c] = relu(bias + (A^T M A)[i, j]) for the 4x4 tile t."""
-    plane = tc * co
-    for c in range(co):
-        o = t * co + c
-        u0 = _col6(mm, o, plane, 0)
-        u1 = _col6(mm, o, plane, 1)
-        u2 = _col6(mm, o, plane, 2)
-        u3 = _col6(mm, o, plane, 3)
-        u4 = _col6(mm, o, plane, 4)
-        u5 = _col6(mm, o, plane, 5)
-        b = bias[c]
-        d = base + c
-        _store_row4(dst, d, co, b, relu, _at6(u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]))
-        _store_row4(dst, d + row, co, b, relu, _at6(u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]))
-        _store_row4(dst, d + 2 * row, co, b, relu, _at6(u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]))
-        _store_row4(dst, d + 3 * row, co, b, relu, _at6(u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]))
+        for i in range(a):
+            iy = y0 + i
+            for j in range(a):
+                ix = x0 + j
+                dst = (i * a + j) * plane + t * ci
+                if iy < 0 or iy >= h or ix < 0 or ix >= w:
+                    for c in range(ci):
+                        d[dst + c] = 0
+                else:
+                    src = ((n * h + iy) * w + ix) * ci
+                    for c in range(ci):
+                        d[dst + c] = flat[src + c]
 
 
 @njit(
@@ -286,11 +149,14 @@ def _output_tile_f4(mm, t, tc, bias, relu, dst, base, row, co):
     parallel=True,
     cache=True,
 )
-def output_transform(mm, bias, relu, m, tiles_h, tiles_w, t0, out):
-    """out tiles t0 .. t0 + tc - 1 from M (flat, (a^2, tc, co)), + bias, then ReLU if asked."""
+def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
+    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
+
+    y is flat, (m, m, tc, co); outputs of ragged edge tiles that fall outside out are dropped.
+    """
     _, ho, wo, co = out.shape
-    a = m + 2
-    tc = mm.size // (a * a * co)
+    tc = y.size // (m * m * co)
+    plane = tc * co
     per_image = tiles_h * tiles_w
     flat = out.reshape(-1)
     for t in prange(tc):
@@ -300,32 +166,27 @@ def output_transform(mm, bias, relu, m, tiles_h, tiles_w, t0, out):
         ty = r // tiles_w
         oy = ty * m
         ox = (r - ty * tiles_w) * m
-        if oy + m <= ho and ox + m <= wo:
-            base = ((n * ho + oy) * wo + ox) * co
-            if m == 2:
-                _output_tile_f2(mm, t, tc, bias, relu, flat, base, wo * co, co)
-            else:
-                _output_tile_f4(mm, t, tc, bias, relu, flat, base, wo * co, co)
-            continue
-        # a ragged tile at the bottom/right edge: compute it whole, keep what lies inside out
-        tile = np.empty(m * m * co, dtype=out.dtype)
-        if m == 2:
-            _output_tile_f2(mm, t, tc, bias, relu, tile, 0, m * co, co)
-        else:
-            _output_tile_f4(mm, t, tc, bias, relu, tile, 0, m * co, co)
         for i in range(min(m, ho - oy)):
             for j in range(min(m, wo - ox)):
-                s = (i * m + j) * co
-                d = ((n * ho + oy + i) * wo + ox + j) * co
-                for c in range(co):
-                    flat[d + c] = tile[s + c]
+                src = (i * m + j) * plane + t * co
+                dst = ((n * ho + oy + i) * wo + ox + j) * co
+                if relu:
+                    for c in range(co):
+                        v = y[src + c] + bias[c]
+                        flat[dst + c] = 0 if v < 0 else v  # NaN propagates, as np.maximum
+                else:
+                    for c in range(co):
+                        flat[dst + c] = y[src + c] + bias[c]
 
 
 # --- kernel transform ----------------------------------------------------------------------------
 
 
 @njit(
-    per_float(lambda f: types.void(c_array(f, 4), c_array(types.float64, 2), b1, c_array(f, 3))),
+    [
+        types.void(k_type, c_array(types.float64, 2), b1, c_array(k_type.dtype, 3))
+        for k_type in _maybe_readonly(4)
+    ],
     parallel=True,
     cache=True,
 )
@@ -398,11 +259,14 @@ def transformed_kernel(kernel, m, transposed):
     return u
 
 
-def tile_size(ho, wo):
-    """m for F(m x m, 3 x 3): 4 (4x fewer multiplications than direct) unless the image is tiny,
-    where F(2x2)'s smaller tiles waste less on ragged edges."""
-    waste = lambda m: (-(-ho // m) * m) * (-(-wo // m) * m) * (m + 2) ** 2 / m**2  # noqa: E731
-    return 4 if waste(4) <= waste(2) else 2
+# F(4x4) needs at least this many tiles (all images) to keep its a^2 GEMMs from being too thin
+# for BLAS; below it (VGG16's 14x14 and 8x8 layers at batch 1) F(2x2)'s 4x as many tiles win.
+MIN_TILES_F4 = 36
+
+
+def tile_size(n, ho, wo):
+    """m for F(m x m, 3 x 3): 4 (4x fewer multiplications than direct) unless too few tiles."""
+    return 4 if n * -(-ho // 4) * -(-wo // 4) >= MIN_TILES_F4 else 2
 
 
 def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
@@ -416,7 +280,7 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     if n * ho * wo == 0:
         return out
     if m is None:
-        m = tile_size(ho, wo)
+        m = tile_size(n, ho, wo)
     a = m + 2
     tiles_h, tiles_w = -(-ho // m), -(-wo // m)
     total = n * tiles_h * tiles_w
@@ -427,14 +291,25 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     tc = max(1, min(total, WORKSPACE_BYTES // per_tile))
     chunks = -(-total // tc)
     tc = -(-total // chunks)
-    v_buf = np.empty(a * a * tc * ci, dtype=out.dtype)
-    m_buf = np.empty(a * a * tc * co, dtype=out.dtype)
+    dtype = out.dtype
+    bt, at = _BT[m].astype(dtype), _AT[m].astype(dtype)
+    in_a, in_b = np.empty(a * a * tc * ci, dtype), np.empty(a * a * tc * ci, dtype)
+    prod, half = np.empty(a * a * tc * co, dtype), np.empty(a * m * tc * co, dtype)
     top, left = int(pad[0]), int(pad[1])
     for t0 in range(0, total, tc):
         size = min(tc, total - t0)
-        v = v_buf[: a * a * size * ci]
-        mm = m_buf[: a * a * size * co]
-        input_transform(x, m, top, left, tiles_h, tiles_w, t0, v)
-        np.matmul(v.reshape(a * a, size, ci), u, out=mm.reshape(a * a, size, co))
-        output_transform(mm, bias, relu, m, tiles_h, tiles_w, t0, out)
+        p, q = size * ci, size * co
+        d, r = in_a[: a * a * p], in_b[: a * a * p]
+        gather_tiles(x, m, top, left, tiles_h, tiles_w, t0, d)
+        # V = B^T d B as two thin GEMMs over every (tile, channel) at once: rows, then columns
+        np.matmul(bt, d.reshape(a, a, p), out=r.reshape(a, a, p))
+        np.matmul(bt, r.reshape(a, a * p), out=d.reshape(a, a * p))
+        mm = prod[: a * a * q]
+        np.matmul(d.reshape(a * a, size, ci), u, out=mm.reshape(a * a, size, co))
+        # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
+        s = half[: a * m * q]
+        np.matmul(at, mm.reshape(a, a, q), out=s.reshape(a, m, q))
+        y = prod[: m * m * q]
+        np.matmul(at, s.reshape(a, m * q), out=y.reshape(m, m * q))
+        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
     return out
