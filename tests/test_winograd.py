@@ -1,0 +1,160 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (kernels/cpu/winograd.py) against kernels/reference.py.
+
+Small random shapes: odd and even sizes (ragged edge tiles), pads (1, 1) ('same'), (0, 0)
+('valid') and (2, 2) (the input gradient of 'valid'), batches 1-3, channel counts that are not
+multiples of 16, ReLU on and off, forward and transposed (input-gradient) kernels, and chunks
+smaller than the image. The reference runs in float64; the bar is a relative error < 1e-5 for
+F(2x2) and < 2e-5 for F(4x4), whose transforms lose more bits (measured: ~1e-7 and ~1e-6, 2-3e-6 at
+Ci = 512). Also: the public ops choose Winograd for 3x3 layers and still match, and the kernel
+transform is cached only for read-only kernels.
+"""
+
+import numpy as np
+import pytest
+
+import kernels.cpu as cpu
+from kernels import reference as ref
+from kernels.cpu import conv, winograd
+
+TOL = {2: 1e-5, 4: 2e-5}
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def out_size(h, pad):
+    return h + 2 * pad - 2  # symmetric pads here: (1,1) same, (0,0) valid, (2,2) full
+
+
+def random_layer(rng, n, h, w, ci, co):
+    x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+    kernel = (rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci)).astype(np.float32)
+    return x, kernel, rng.standard_normal(co).astype(np.float32)
+
+
+# (batch, h, w, c_in, c_out, pad)
+CASES = [
+    (1, 5, 7, 3, 5, 1),
+    (2, 7, 9, 20, 17, 1),
+    (3, 6, 5, 17, 33, 0),
+    (1, 9, 8, 5, 24, 0),
+    (2, 5, 6, 19, 7, 2),
+    (1, 3, 3, 2, 3, 2),
+    (1, 1, 1, 4, 3, 1),
+]
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_forward_matches_reference(case, relu, m):
+    n, h, w, ci, co, p = case
+    rng = np.random.default_rng(sum(case) + 7 * m)
+    x, kernel, bias = random_layer(rng, n, h, w, ci, co)
+    out = np.full((n, out_size(h, p), out_size(w, p), co), np.nan, np.float32)
+    winograd.conv_winograd(x, kernel, bias, (p, p), relu, out, False, m=m)
+    expected = ref.conv2d_forward(
+        x.astype(np.float64), kernel.astype(np.float64), bias.astype(np.float64), (p, p), relu,
+        np.empty(out.shape),
+    )
+    assert rel_err(out, expected) < TOL[m]
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_transposed_kernel_is_the_input_gradient(case, m):
+    n, h, w, ci, co, p = case
+    rng = np.random.default_rng(sum(case) + 11 * m)
+    _, kernel, _ = random_layer(rng, n, h, w, ci, co)
+    grad_out = rng.standard_normal((n, out_size(h, p), out_size(w, p), co)).astype(np.float32)
+    grad_in = np.full((n, h, w, ci), np.nan, np.float32)
+    winograd.conv_winograd(grad_out, kernel, None, (2 - p, 2 - p), False, grad_in, True, m=m)
+    expected = ref.conv2d_backward_input(
+        grad_out.astype(np.float64), kernel.astype(np.float64), (p, p), np.empty(grad_in.shape)
+    )
+    assert rel_err(grad_in, expected) < TOL[m]
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_chunks_smaller_than_the_image(monkeypatch, m):
+    """Tiles split over many chunks (the last one short) give the same result as one chunk."""
+    rng = np.random.default_rng(5)
+    x, kernel, bias = random_layer(rng, 2, 11, 13, 18, 21)
+    whole = np.empty((2, 11, 13, 21), np.float32)
+    winograd.conv_winograd(x, kernel, bias, (1, 1), True, whole, False, m=m)
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 5 * (m + 2) ** 2 * (18 + 21) * 4)
+    chunked = np.full_like(whole, np.nan)
+    winograd.conv_winograd(x, kernel, bias, (1, 1), True, chunked, False, m=m)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_float64_is_exact_to_rounding():
+    rng = np.random.default_rng(9)
+    x, kernel, bias = (a.astype(np.float64) for a in random_layer(rng, 1, 9, 7, 5, 6))
+    for m in (2, 4):
+        out = np.empty((1, 9, 7, 6))
+        winograd.conv_winograd(x, kernel, bias, (1, 1), False, out, False, m=m)
+        expected = ref.conv2d_forward(x, kernel, bias, (1, 1), False, np.empty(out.shape))
+        assert rel_err(out, expected) < 1e-13
+
+
+@pytest.mark.parametrize("ci, co, expected", [(3, 64, "im2col"), (16, 3, "winograd"),
+                                               (64, 64, "winograd")])
+def test_choose_algorithm(ci, co, expected):
+    chosen = conv.choose_algorithm((3, 3, ci, co), (1, 1), (1, 8, 8, ci), (1, 8, 8, co))
+    assert chosen is {"im2col": conv.conv_im2col_gemm, "winograd": winograd.conv_winograd}[expected]
+    assert conv.choose_algorithm((5, 5, 64, 64), (2, 2), (1, 8, 8, 64), (1, 8, 8, 64)) \
+        is conv.conv_im2col_gemm
+
+
+@pytest.mark.parametrize("n, h, ci, co", [(1, 9, 20, 17), (3, 26, 16, 35)])
+def test_public_ops_use_winograd_and_match(monkeypatch, n, h, ci, co):
+    calls = []
+    real = winograd.conv_winograd
+    monkeypatch.setattr(conv, "conv_winograd",
+                        lambda *a, **k: calls.append(a[6]) or real(*a, **k))
+    rng = np.random.default_rng(h)
+    x, kernel, bias = random_layer(rng, n, h, h, ci, co)
+    out = np.full((n, h, h, co), np.nan, np.float32)
+    cpu.conv2d_forward(x, kernel, bias, (1, 1), True, out)
+    expected = ref.conv2d_forward(x, kernel, bias, (1, 1), True, np.empty(out.shape))
+    assert rel_err(out, expected) < 1e-5
+    grad_out = rng.standard_normal(out.shape).astype(np.float32)
+    grad_in = np.full(x.shape, np.nan, np.float32)
+    cpu.conv2d_backward_input(grad_out, kernel, (1, 1), grad_in)
+    expected = ref.conv2d_backward_input(grad_out, kernel, (1, 1), np.empty(x.shape))
+    assert rel_err(grad_in, expected) < 1e-5
+    assert calls == [False, True]  # forward, then the transposed kernel (input gradient)
+
+
+def test_kernel_transform_cached_only_when_read_only():
+    rng = np.random.default_rng(1)
+    _, kernel, _ = random_layer(rng, 1, 4, 4, 6, 5)
+    winograd.clear_kernel_cache()
+    assert winograd.transformed_kernel(kernel, 2, False) is not winograd.transformed_kernel(
+        kernel, 2, False
+    )  # writable: may change between calls, so transformed every time
+    kernel.flags.writeable = False
+    u = winograd.transformed_kernel(kernel, 2, False)
+    assert winograd.transformed_kernel(kernel, 2, False) is u
+    assert winograd.transformed_kernel(kernel, 2, True) is not u
+    assert winograd.transformed_kernel(kernel, 4, False).shape == (36, 6, 5)
+    assert winograd.transformed_kernel(kernel, 2, True).shape == (16, 5, 6)
+    view = np.ascontiguousarray(rng.standard_normal((3, 3, 6, 5)).astype(np.float32))
+    frozen_view = view[:]
+    frozen_view.flags.writeable = False  # its base can still be written: not cached
+    assert winograd.transformed_kernel(frozen_view, 2, False) is not winograd.transformed_kernel(
+        frozen_view, 2, False
+    )
+    winograd.clear_kernel_cache()
+
+
+def test_read_only_kernels_and_inputs_are_accepted():
+    rng = np.random.default_rng(2)
+    x, kernel, bias = random_layer(rng, 1, 6, 6, 17, 4)
+    x.flags.writeable = kernel.flags.writeable = False
+    out = np.empty((1, 6, 6, 4), np.float32)
+    cpu.conv2d_forward(x, kernel, bias, (1, 1), False, out)
+    expected = ref.conv2d_forward(x, kernel, bias, (1, 1), False, np.empty(out.shape))
+    assert rel_err(out, expected) < 1e-5
