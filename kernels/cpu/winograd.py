@@ -97,6 +97,47 @@ def _maybe_readonly(ndim):
     return [types.Array(f, ndim, "C", readonly=r) for f in FLOATS for r in (False, True)]
 
 
+# --- the separable transforms ---------------------------------------------------------------------
+
+_BLOCK = 512  # values of the innermost axis per work item: a few blocks of it fit in L1
+
+
+@njit(
+    per_float(lambda f: types.void(c_array(f, 2), c_array(f, 1), i64, i64, c_array(f, 1))),
+    parallel=True,
+    cache=True,
+)
+def transform_axis(mat, src, outer, inner, dst):
+    """dst[o, k, p] = sum_j mat[k, j] src[o, j, p]; src (outer, a, inner), dst (outer, r, inner).
+
+    The middle axis of a flat array is transformed by the small matrix ``mat`` (r x a): B^T,
+    A^T. Work items are (o, block of p); each output row accumulates one nonzero coefficient at a
+    time over a contiguous run (one load and one load/store stream per loop, so LLVM vectorises
+    it; the zeros of B^T and A^T are skipped), everything in L1.
+    """
+    r, a = mat.shape
+    blocks = -(-inner // _BLOCK)
+    for item in prange(outer * blocks):
+        o = item // blocks
+        p0 = (item - o * blocks) * _BLOCK
+        p1 = min(inner, p0 + _BLOCK)
+        for k in range(r):
+            out = dst[(o * r + k) * inner + p0 : (o * r + k) * inner + p1]
+            first = True
+            for j in range(a):
+                c = mat[k, j]
+                if c == 0:
+                    continue
+                row = src[(o * a + j) * inner + p0 : (o * a + j) * inner + p1]
+                if first:
+                    for p in range(p1 - p0):
+                        out[p] = c * row[p]
+                    first = False
+                else:
+                    for p in range(p1 - p0):
+                        out[p] += c * row[p]
+
+
 # --- tile gather and scatter (parallel Numba; the transforms themselves are small GEMMs) --------
 
 
@@ -302,14 +343,14 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
         d, r = in_a[: a * a * p], in_b[: a * a * p]
         gather_tiles(x, m, top, left, tiles_h, tiles_w, t0, d)
         # V = B^T d B as two thin GEMMs over every (tile, channel) at once: rows, then columns
-        np.matmul(bt, d.reshape(a, a, p), out=r.reshape(a, a, p))
-        np.matmul(bt, r.reshape(a, a * p), out=d.reshape(a, a * p))
+        transform_axis(bt, d, a, p, r)
+        transform_axis(bt, r, 1, a * p, d)
         mm = prod[: a * a * q]
         np.matmul(d.reshape(a * a, size, ci), u, out=mm.reshape(a * a, size, co))
         # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
         s = half[: a * m * q]
-        np.matmul(at, mm.reshape(a, a, q), out=s.reshape(a, m, q))
+        transform_axis(at, mm, a, q, s)
         y = prod[: m * m * q]
-        np.matmul(at, s.reshape(a, m * q), out=y.reshape(m, m * q))
+        transform_axis(at, s, 1, m * q, y)
         scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
     return out
