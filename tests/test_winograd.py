@@ -108,6 +108,15 @@ def test_choose_algorithm(ci, co, expected):
         is conv.conv_im2col_gemm
 
 
+def test_writable_kernels_use_winograd_only_on_large_images():
+    """Their transform is rebuilt per call: only worth it when there are many pixels per channel."""
+    shape = (3, 3, 512, 512)
+    small, large = (1, 14, 14, 512), (1, 56, 56, 512)
+    assert conv.choose_algorithm(shape, (1, 1), small, small, True) is winograd.conv_winograd
+    assert conv.choose_algorithm(shape, (1, 1), small, small, False) is conv.conv_im2col_gemm
+    assert conv.choose_algorithm(shape, (1, 1), large, large, False) is winograd.conv_winograd
+
+
 @pytest.mark.parametrize("n, h, ci, co", [(1, 9, 20, 17), (3, 26, 16, 35)])
 def test_public_ops_use_winograd_and_match(monkeypatch, n, h, ci, co):
     calls = []

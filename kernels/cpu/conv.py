@@ -18,7 +18,7 @@ Stride 1 only.
 
 from kernels.cpu._checks import input_like, output_buffer
 from kernels.cpu.im2col import conv_im2col_gemm, conv_pointwise_gemm, flipped_transposed
-from kernels.cpu.winograd import conv_winograd
+from kernels.cpu.winograd import conv_winograd, kernel_is_cacheable
 
 # Below this many input channels Winograd's a^2 GEMMs (K = Ci) are too thin for BLAS and im2col's
 # single K = 9 * Ci GEMM wins (VGG16's first layer, Ci = 3: 8 ms vs 32 ms at 224x224). Few output
@@ -26,14 +26,26 @@ from kernels.cpu.winograd import conv_winograd
 # See benchmarks/kernel_sanity.py --compare.
 WINOGRAD_MIN_CHANNELS = 16
 
+# A kernel that may change between calls (writable) has its Winograd transform rebuilt per call,
+# memory-bound work on a^2 ci co values (38 MB for a 512x512 F(4x4) kernel, ~10 ms here), so for
+# such kernels Winograd is used only where the convolution is large enough to pay for it: at
+# least this many output pixels per channel (VGG16 at 224: 56x56 and up; not the 28x28 and 14x14
+# 512-channel layers, where im2col is faster without the cache).
+WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL = 2
+
 __all__ = ["choose_algorithm", "conv2d_forward", "conv2d_backward_input", "flipped_transposed"]
 
 
-def choose_algorithm(kernel_shape, pad, in_shape, out_shape):
-    """The inner-product implementation for this geometry (kernel_shape: the one applied)."""
+def choose_algorithm(kernel_shape, pad, in_shape, out_shape, frozen_kernel=True):
+    """The inner-product implementation for this geometry (kernel_shape: the one applied).
+
+    ``frozen_kernel``: the kernel is read-only, so Winograd's transform of it is cached.
+    """
     kh, kw, ci, co = kernel_shape
     if (kh, kw) == (3, 3) and ci >= WINOGRAD_MIN_CHANNELS:
-        return conv_winograd
+        pixels = out_shape[0] * out_shape[1] * out_shape[2]
+        if frozen_kernel or pixels >= WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL * max(ci, co):
+            return conv_winograd
     if (kh, kw) == (1, 1) and tuple(pad) == (0, 0) and in_shape[1:3] == out_shape[1:3]:
         return conv_pointwise_gemm
     return conv_im2col_gemm
@@ -60,7 +72,7 @@ def conv2d_forward(x, kernel, bias, pad, relu, out):
     bias = input_like(bias, out, "bias", ndim=1)
     if bias.shape[0] != kernel.shape[3]:
         raise ValueError(f"bias {bias.shape} does not match c_out = {kernel.shape[3]}")
-    conv = choose_algorithm(kernel.shape, pad, x.shape, out.shape)
+    conv = choose_algorithm(kernel.shape, pad, x.shape, out.shape, kernel_is_cacheable(kernel))
     return conv(x, kernel, bias, pad, bool(relu), out, False)
 
 
@@ -72,5 +84,7 @@ def conv2d_backward_input(grad_out, kernel, pad, grad_in):
     _check_geometry(grad_in, kernel, grad_out, "grad_in", "grad_out")
     kh, kw, ci, co = kernel.shape
     pad_t = (kh - 1 - int(pad[0]), kw - 1 - int(pad[1]))
-    conv = choose_algorithm((kh, kw, co, ci), pad_t, grad_out.shape, grad_in.shape)
+    conv = choose_algorithm(
+        (kh, kw, co, ci), pad_t, grad_out.shape, grad_in.shape, kernel_is_cacheable(kernel)
+    )
     return conv(grad_out, kernel, None, pad_t, False, grad_in, True)

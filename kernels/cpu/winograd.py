@@ -48,13 +48,14 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.cpu._types import FLOATS, b1, c_array, i64, per_float, types
+from kernels.cpu.im2col import flipped_transposed
 
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices). See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
 WORKSPACE_BYTES = 8 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
 
-# --- transform matrices (Lavin & Gray), float64 ---------------------------------------------------
+# --- transform matrices (Lavin & Gray), float64, cast to the data type per call ------------------
 
 _BT = {
     2: np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
@@ -103,7 +104,10 @@ _BLOCK = 512  # values of the innermost axis per work item: a few blocks of it f
 
 
 @njit(
-    per_float(lambda f: types.void(c_array(f, 2), c_array(f, 1), i64, i64, c_array(f, 1))),
+    [
+        types.void(c_array(src.dtype, 2), src, i64, i64, c_array(src.dtype, 1))
+        for src in _maybe_readonly(1)
+    ],
     parallel=True,
     cache=True,
 )
@@ -138,7 +142,7 @@ def transform_axis(mat, src, outer, inner, dst):
                         out[p] += c * row[p]
 
 
-# --- tile gather and scatter (parallel Numba; the transforms themselves are small GEMMs) --------
+# --- tile gather and scatter (parallel Numba) ------------------------------------------------------
 
 
 @njit(
@@ -220,48 +224,6 @@ def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
                         flat[dst + c] = y[src + c] + bias[c]
 
 
-# --- kernel transform ----------------------------------------------------------------------------
-
-
-@njit(
-    [
-        types.void(k_type, c_array(types.float64, 2), b1, c_array(k_type.dtype, 3))
-        for k_type in _maybe_readonly(4)
-    ],
-    parallel=True,
-    cache=True,
-)
-def kernel_transform(kernel, g_mat, transposed, u):
-    """U[k] = (G g G^T)[k] for every channel pair, in float64.
-
-    Forward: u is (a^2, ci, co) and g = kernel[:, :, ci, co]. Transposed (the input gradient's
-    kernel, flipped and with its channel axes swapped): u is (a^2, co, ci) and
-    g[ky, kx] = kernel[2 - ky, 2 - kx, ci, co].
-    """
-    _, _, ci, co = kernel.shape
-    a = g_mat.shape[0]
-    for p in prange(ci):
-        g = np.empty((3, 3))
-        gg = np.empty((a, 3))
-        for q in range(co):
-            for ky in range(3):
-                for kx in range(3):
-                    if transposed:
-                        g[ky, kx] = kernel[2 - ky, 2 - kx, p, q]
-                    else:
-                        g[ky, kx] = kernel[ky, kx, p, q]
-            for i in range(a):
-                for kx in range(3):
-                    gg[i, kx] = g_mat[i, 0] * g[0, kx] + g_mat[i, 1] * g[1, kx] + g_mat[i, 2] * g[2, kx]
-            for i in range(a):
-                for j in range(a):
-                    val = gg[i, 0] * g_mat[j, 0] + gg[i, 1] * g_mat[j, 1] + gg[i, 2] * g_mat[j, 2]
-                    if transposed:
-                        u[i * a + j, q, p] = val
-                    else:
-                        u[i * a + j, p, q] = val
-
-
 # --- the algorithm ---------------------------------------------------------------------------------
 
 _kernel_cache = OrderedDict()
@@ -271,7 +233,7 @@ def clear_kernel_cache():
     _kernel_cache.clear()
 
 
-def _immutable(a):
+def kernel_is_cacheable(a):
     """True when no array in a's base chain can be written (so a's values cannot change)."""
     while isinstance(a, np.ndarray):
         if a.flags.writeable:
@@ -283,16 +245,22 @@ def _immutable(a):
 def transformed_kernel(kernel, m, transposed):
     """U for this kernel: (a^2, ci, co), or (a^2, co, ci) when transposed; cached when immutable."""
     key = None
-    if _immutable(kernel):
+    if kernel_is_cacheable(kernel):
         key = (id(kernel), kernel.ctypes.data, kernel.shape, kernel.dtype.str, m, transposed)
         hit = _kernel_cache.get(key)
         if hit is not None:
             _kernel_cache.move_to_end(key)
             return hit[1]
-    _, _, ci, co = kernel.shape
+    if transposed:
+        kernel = flipped_transposed(kernel)
+    kh, kw, ci, co = kernel.shape
     a = m + 2
-    u = np.empty((a * a, co, ci) if transposed else (a * a, ci, co), dtype=kernel.dtype)
-    kernel_transform(kernel, _G[m], transposed, u)
+    g_mat = _G[m].astype(kernel.dtype)
+    # G g G^T, separable like the data transforms: along ky for every (kx, ci, co), then along kx
+    rows = np.empty(a * kw * ci * co, dtype=kernel.dtype)
+    transform_axis(g_mat, kernel.reshape(-1), 1, kw * ci * co, rows)
+    u = np.empty((a * a, ci, co), dtype=kernel.dtype)
+    transform_axis(g_mat, rows, a, ci * co, u.reshape(-1))
     if key is not None:
         _kernel_cache[key] = (kernel, u)  # the reference keeps id(kernel) from being reused
         while len(_kernel_cache) > CACHE_ENTRIES:
