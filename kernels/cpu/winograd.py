@@ -142,49 +142,62 @@ def transform_axis(mat, src, outer, inner, dst):
                         out[p] += c * row[p]
 
 
-# --- tile gather and scatter (parallel Numba) ------------------------------------------------------
+# --- tile gather (+ row transform) and scatter ----------------------------------------------------
 
 
 @njit(
     [
-        types.void(x_type, i64, i64, i64, i64, i64, i64, c_array(x_type.dtype, 1))
+        types.void(x_type, c_array(x_type.dtype, 2), i64, i64, i64, i64, i64, i64,
+                   c_array(x_type.dtype, 1))
         for x_type in _maybe_readonly(4)
     ],
     parallel=True,
     cache=True,
 )
-def gather_tiles(x, m, top, left, tiles_h, tiles_w, t0, d):
-    """d[i, j, t, c] = x[n, y0 + i, x0 + j, c] (zero outside x) for tiles t0 .. t0 + tc - 1.
+def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
+    """r[i, k, t, c] = sum_j bt[k, j] x[n, y0 + i, x0 + j, c] (zero outside x): (d B)[i, k].
 
-    d is flat, (a, a, tc, ci) with a = m + 2 and tc = d.size // (a^2 ci); tile t0 + t is image n,
-    tile row ty, column tx, with y0 = ty*m - top, x0 = tx*m - left. Each (i, j) is one contiguous
-    run of ci values in and out, a copy LLVM vectorises.
+    The tiles t0 .. t0 + tc - 1 are gathered and transformed along their rows in one pass. r is
+    flat, (a, a, tc, ci) with a = m + 2 and tc = r.size // (a^2 ci); tile t0 + t is image n,
+    tile row ty, column tx, with y0 = ty*m - top, x0 = tx*m - left. Each term is a contiguous
+    run of ci values (one load and one load/store stream: vectorised); taps outside x and zero
+    coefficients are skipped.
     """
     _, h, w, ci = x.shape
     a = m + 2
-    tc = d.size // (a * a * ci)
+    tc = r.size // (a * a * ci)
     plane = tc * ci
     per_image = tiles_h * tiles_w
     flat = x.reshape(-1)
     for t in prange(tc):
         tt = t0 + t
         n = tt // per_image
-        r = tt - n * per_image
-        ty = r // tiles_w
+        rem = tt - n * per_image
+        ty = rem // tiles_w
         y0 = ty * m - top
-        x0 = (r - ty * tiles_w) * m - left
+        x0 = (rem - ty * tiles_w) * m - left
         for i in range(a):
             iy = y0 + i
-            for j in range(a):
-                ix = x0 + j
-                dst = (i * a + j) * plane + t * ci
-                if iy < 0 or iy >= h or ix < 0 or ix >= w:
+            for k in range(a):
+                dst = r[(i * a + k) * plane + t * ci : (i * a + k) * plane + (t + 1) * ci]
+                first = True
+                if 0 <= iy < h:
+                    for j in range(a):
+                        coef = bt[k, j]
+                        ix = x0 + j
+                        if coef == 0 or ix < 0 or ix >= w:
+                            continue
+                        src = flat[((n * h + iy) * w + ix) * ci : ((n * h + iy) * w + ix + 1) * ci]
+                        if first:
+                            for c in range(ci):
+                                dst[c] = coef * src[c]
+                            first = False
+                        else:
+                            for c in range(ci):
+                                dst[c] += coef * src[c]
+                if first:
                     for c in range(ci):
-                        d[dst + c] = 0
-                else:
-                    src = ((n * h + iy) * w + ix) * ci
-                    for c in range(ci):
-                        d[dst + c] = flat[src + c]
+                        dst[c] = 0
 
 
 @njit(
@@ -309,9 +322,8 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
         size = min(tc, total - t0)
         p, q = size * ci, size * co
         d, r = in_a[: a * a * p], in_b[: a * a * p]
-        gather_tiles(x, m, top, left, tiles_h, tiles_w, t0, d)
-        # V = B^T d B as two thin GEMMs over every (tile, channel) at once: rows, then columns
-        transform_axis(bt, d, a, p, r)
+        # V = B^T d B: gathered and transformed along rows, then along columns (separable)
+        gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
         transform_axis(bt, r, 1, a * p, d)
         mm = prod[: a * a * q]
         np.matmul(d.reshape(a * a, size, ci), u, out=mm.reshape(a * a, size, co))
