@@ -11,6 +11,12 @@ NumPy's OpenBLAS picks its kernels when NumPy is imported, so compare e.g.
     python benchmarks/kernel_sanity.py
     OPENBLAS_CORETYPE=SkylakeX python benchmarks/kernel_sanity.py
 
+Numba's OpenMP workers spin after each parallel region and steal a core from OpenBLAS's threads
+(and OpenBLAS's spin likewise), which on 2 cores costs more than any kernel tuning: measured
+fwd + bwd at 224 x 224, 726 ms by default vs 424 ms with ``OMP_WAIT_POLICY=PASSIVE`` (set before
+numba starts its pool), ~400 ms adding ``OPENBLAS_THREAD_TIMEOUT=4``. The line printed first
+shows those variables.
+
 ``--compare`` times every layer with each algorithm (im2col + GEMM, Winograd F(2x2, 3x3), F(4x4,
 3x3)) forward and input gradient, interleaved A/B/C in one process, and prints each one's error
 against the float64 reference on the same data. Kernels are read-only, as loaded weights should
@@ -89,6 +95,9 @@ def run_network(layers, batch, record=None):
         if record is not None:
             record["bwd"][i] = min(record["bwd"][i], time.perf_counter() - t)
 
+
+THREAD_ENV = ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT",
+              "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")
 
 ALGORITHMS = {
     "im2col": lambda *a: im2col.conv_im2col_gemm(*a),
@@ -178,7 +187,7 @@ def main():
 
     flops = [2 * args.batch * h * h * 9 * k.shape[2] * k.shape[3] for h, k, _, _ in layers]
     print(
-        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
+        " ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in THREAD_ENV) + " "
         f"size={args.size} batch={args.batch} workspace={im2col.WORKSPACE_BYTES / 2**20:g} MiB "
         f"winograd workspace={winograd.WORKSPACE_BYTES / 2**20:g} MiB "
         f"min channels={conv.WINOGRAD_MIN_CHANNELS} cache={not args.no_cache} "
