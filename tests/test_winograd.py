@@ -5,8 +5,8 @@ Small random shapes: odd and even sizes (ragged edge tiles), pads (1, 1) ('same'
 multiples of 16, ReLU on and off, forward and transposed (input-gradient) kernels, and chunks
 smaller than the image. The reference runs in float64; the bar is a relative error < 1e-5 for
 F(2x2) and < 2e-5 for F(4x4), whose transforms lose more bits (measured: ~1e-7 and ~1e-6, 2-3e-6 at
-Ci = 512). Also: the public ops choose Winograd for 3x3 layers and still match, and the kernel
-transform is cached only for read-only kernels.
+Ci = 512). Also: the public ops choose Winograd for read-only 3x3 kernels and still match, and the
+kernel transform is cached only for read-only kernels.
 """
 
 import numpy as np
@@ -108,13 +108,18 @@ def test_choose_algorithm(ci, co, expected):
         is conv.conv_im2col_gemm
 
 
-def test_writable_kernels_use_winograd_only_on_large_images():
-    """Their transform is rebuilt per call: only worth it when there are many pixels per channel."""
+def test_writable_kernels_use_winograd_only_on_large_images(monkeypatch):
+    """Their transform is rebuilt per call: only worth it when there are many pixels per channel,
+    and only when switched on (WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL)."""
     shape = (3, 3, 512, 512)
-    small, large = (1, 14, 14, 512), (1, 56, 56, 512)
+    small, large = (1, 14, 14, 512), (4, 56, 56, 512)
     assert conv.choose_algorithm(shape, (1, 1), small, small, True) is winograd.conv_winograd
+    assert conv.choose_algorithm(shape, (1, 1), large, large, False) is conv.conv_im2col_gemm
+    monkeypatch.setattr(conv, "WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL", 2)
     assert conv.choose_algorithm(shape, (1, 1), small, small, False) is conv.conv_im2col_gemm
     assert conv.choose_algorithm(shape, (1, 1), large, large, False) is winograd.conv_winograd
+    batch = (64, 14, 14, 512)  # per image, not per batch: a batch must not change the algorithm
+    assert conv.choose_algorithm(shape, (1, 1), batch, batch, False) is conv.conv_im2col_gemm
 
 
 @pytest.mark.parametrize("n, h, ci, co", [(1, 9, 20, 17), (3, 26, 16, 35)])
@@ -125,6 +130,7 @@ def test_public_ops_use_winograd_and_match(monkeypatch, n, h, ci, co):
                         lambda *a, **k: calls.append(a[6]) or real(*a, **k))
     rng = np.random.default_rng(h)
     x, kernel, bias = random_layer(rng, n, h, h, ci, co)
+    kernel.flags.writeable = False  # frozen weights: Winograd (transform cached)
     out = np.full((n, h, h, co), np.nan, np.float32)
     cpu.conv2d_forward(x, kernel, bias, (1, 1), True, out)
     expected = ref.conv2d_forward(x, kernel, bias, (1, 1), True, np.empty(out.shape))
@@ -164,6 +170,8 @@ def test_read_only_kernels_and_inputs_are_accepted():
     x, kernel, bias = random_layer(rng, 1, 6, 6, 17, 4)
     x.flags.writeable = kernel.flags.writeable = False
     out = np.empty((1, 6, 6, 4), np.float32)
+    assert conv.choose_algorithm(kernel.shape, (1, 1), x.shape, out.shape, True) \
+        is winograd.conv_winograd
     cpu.conv2d_forward(x, kernel, bias, (1, 1), False, out)
     expected = ref.conv2d_forward(x, kernel, bias, (1, 1), False, np.empty(out.shape))
     assert rel_err(out, expected) < 1e-5

@@ -3,8 +3,8 @@
 The public ops check shapes, bring inputs to C-contiguous arrays of the output's dtype, and hand
 the work to one inner-product *algorithm*: a function ``(x, kernel, bias_or_None, pad, relu,
 out, transposed) -> out``. ``choose_algorithm`` picks it from the geometry alone (no global
-state): Winograd F(m x m, 3 x 3) (``winograd.py``) for 3x3 kernels over at least
-``WINOGRAD_MIN_CHANNELS`` input channels, a plain GEMM for unpadded same-size 1x1 kernels, im2col +
+state): Winograd F(m x m, 3 x 3) (``winograd.py``) for read-only 3x3 kernels over at least
+``WINOGRAD_MIN_CHANNELS`` input channels (writable ones: see WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL), a plain GEMM for unpadded same-size 1x1 kernels, im2col +
 GEMM for everything else.
 
 The input gradient is the same forward convolution applied to ``grad_out`` with the kernel
@@ -26,12 +26,15 @@ from kernels.cpu.winograd import conv_winograd, kernel_is_cacheable
 # See benchmarks/kernel_sanity.py --compare.
 WINOGRAD_MIN_CHANNELS = 16
 
-# A kernel that may change between calls (writable) has its Winograd transform rebuilt per call,
-# memory-bound work on a^2 ci co values (38 MB for a 512x512 F(4x4) kernel, ~10 ms here), so for
-# such kernels Winograd is used only where the convolution is large enough to pay for it: at
-# least this many output pixels per channel (VGG16 at 224: 56x56 and up; not the 28x28 and 14x14
-# 512-channel layers, where im2col is faster without the cache).
-WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL = 2
+# A kernel that may change between calls (writable) would have its Winograd transform rebuilt per
+# call, memory-bound work on a^2 ci co values (38 MB for a 512x512 F(4x4) kernel, ~10 ms here).
+# With this threshold (output pixels per image per input/output channel) writable kernels take
+# Winograd where that pays: 2 gives VGG16 at 224 its 56x56-and-up layers, fwd+bwd 456 ms vs 415 ms
+# cached vs 658 ms im2col (benchmarks/kernel_sanity.py --no-cache). None: writable kernels always
+# take im2col, the default until the engine freezes its weights (read-only arrays: cached
+# transforms) and the reference fixtures that follow the engine's ReLU/max-pool near-tie decisions
+# are regenerated with Winograd's rounding (tests of saliency, fool, dream, classmax).
+WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL = None
 
 __all__ = ["choose_algorithm", "conv2d_forward", "conv2d_backward_input", "flipped_transposed"]
 
@@ -43,8 +46,9 @@ def choose_algorithm(kernel_shape, pad, in_shape, out_shape, frozen_kernel=True)
     """
     kh, kw, ci, co = kernel_shape
     if (kh, kw) == (3, 3) and ci >= WINOGRAD_MIN_CHANNELS:
-        pixels = out_shape[0] * out_shape[1] * out_shape[2]
-        if frozen_kernel or pixels >= WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL * max(ci, co):
+        pixels = out_shape[1] * out_shape[2]  # per image: a batch must not change the arithmetic
+        threshold = WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL
+        if frozen_kernel or (threshold is not None and pixels >= threshold * max(ci, co)):
             return conv_winograd
     if (kh, kw) == (1, 1) and tuple(pad) == (0, 0) and in_shape[1:3] == out_shape[1:3]:
         return conv_pointwise_gemm

@@ -281,14 +281,15 @@ def transformed_kernel(kernel, m, transposed):
     return u
 
 
-# F(4x4) needs at least this many tiles (all images) to keep its a^2 GEMMs from being too thin
-# for BLAS; below it (VGG16's 14x14 and 8x8 layers at batch 1) F(2x2)'s 4x as many tiles win.
+# F(4x4) needs at least this many tiles per image to keep its a^2 GEMMs from being too thin for
+# BLAS; below it (VGG16's 14x14 and 8x8 layers) F(2x2)'s 4x as many tiles win. Per image, not per
+# batch: an image's result must not depend on the batch it is in (same m, same arithmetic).
 MIN_TILES_F4 = 36
 
 
-def tile_size(n, ho, wo):
+def tile_size(ho, wo):
     """m for F(m x m, 3 x 3): 4 (4x fewer multiplications than direct) unless too few tiles."""
-    return 4 if n * -(-ho // 4) * -(-wo // 4) >= MIN_TILES_F4 else 2
+    return 4 if -(-ho // 4) * -(-wo // 4) >= MIN_TILES_F4 else 2
 
 
 def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
@@ -302,7 +303,7 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     if n * ho * wo == 0:
         return out
     if m is None:
-        m = tile_size(n, ho, wo)
+        m = tile_size(ho, wo)
     a = m + 2
     tiles_h, tiles_w = -(-ho // m), -(-wo // m)
     total = n * tiles_h * tiles_w
