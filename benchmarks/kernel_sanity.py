@@ -20,7 +20,9 @@ shows those variables.
 ``--compare`` times every layer with each algorithm (im2col + GEMM, Winograd F(2x2, 3x3), F(4x4,
 3x3)) forward and input gradient, interleaved A/B/C in one process, and prints each one's error
 against the float64 reference on the same data. Kernels are read-only, as loaded weights should
-be, so Winograd's kernel transform is cached (``--no-cache`` makes them writable).
+be, so Winograd's kernel transform is cached and ``conv.choose_algorithm`` picks Winograd
+(``--no-cache`` makes them writable: im2col, unless ``conv.WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL``
+is set).
 """
 
 import argparse

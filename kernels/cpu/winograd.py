@@ -1,45 +1,43 @@
 """Winograd convolution F(m x m, 3 x 3), m = 2 or 4, for 3x3 stride-1 layers (NHWC).
 
 Lavin & Gray's minimal filtering: an output tile Y (m x m) of one channel pair is
-``A^T [(G g G^T) . (B^T d B)] A`` for the input tile d (a = m + 2 square) and kernel g (3 x 3).
-Summed over input channels the element-wise product becomes a^2 independent GEMMs, so a layer is
+``A^T [(G g G^T) . (B^T d B)] A`` for the input tile d (a = m + 2 square) and kernel g (3 x 3),
+9 m^2 / a^2 of a direct convolution's multiplications (2.25x fewer for F(2x2), 4x for F(4x4)).
+Summed over input channels the element-wise product becomes a^2 independent GEMMs:
 
-    d[i, j, t, ci]                        tiles gathered, zero-padded            (parallel Numba)
-    V[k, t, ci] = (B^T d_t B)[k]          input transform                        (2 thin SGEMMs)
+    (d B)[i, k, t, ci]                    tiles gathered, zero-padded, rows      (parallel Numba)
+    V[k, t, ci] = (B^T d_t B)[k]          columns                                (parallel Numba)
     U[k, ci, co] = (G g G^T)[k]           kernel transform, cached (see below)
     M[k] = V[k] @ U[k]                    a^2 SGEMMs (T x Ci) @ (Ci x Co)        (OpenBLAS)
-    Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform                       (2 thin SGEMMs)
+    Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform, two passes           (parallel Numba)
     out[tile t] = [relu](Y + bias)        scattered, ragged edges dropped        (parallel Numba)
 
-The transforms are separable: B^T d B is B^T applied along the tile's columns for every (row,
-tile, channel) at once, then along its rows, i.e. (a x a) @ (a x a*T*Ci) products. A hand-written
-per-tile Numba transform (first version of this file) did not vectorise: its a^2 load and store
-streams at runtime strides exceed LLVM's runtime alias-check budget, so it ran scalar at
-~0.7 GB/s per thread, slower than the GEMMs; the BLAS form is vectorised and threaded, and
-spends ~a multiply-adds per value where the sparse formulas need ~a/2 (memory-bound anyway).
+The transforms are separable and applied one axis at a time to every (tile, channel) at once
+(``transform_axis``): each pass is contiguous runs scaled and summed (zero coefficients
+skipped), which LLVM vectorises. A per-tile transform with all a^2 values in registers (the
+first version of this file) did not: its a^2 load/store streams at runtime strides exceed LLVM's
+runtime alias-check budget, so it ran scalar (~0.7 GB/s per thread, slower than the GEMMs) and
+took minutes to compile.
 
-for 9 m^2 / a^2 multiplications per output of a direct/im2col convolution: 2.25x fewer for
-F(2x2), 4x fewer for F(4x4). Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile
-(ty, tx) covers outputs ``[ty*m, ty*m+m) x [tx*m, tx*m+m)`` and reads input rows
-``ty*m - top ... + a - 1`` (columns alike). Input taps outside the image read zero (any pad, any
-size); outputs past the edge of ``out`` (ragged last tiles) are computed and dropped. Work goes
-in chunks of tiles whose V and M stay within ``WORKSPACE_BYTES``, so memory is bounded for any
-image or batch.
+Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile (ty, tx) covers outputs
+``[ty*m, ty*m+m) x [tx*m, tx*m+m)`` and reads input rows ``ty*m - top ... + a - 1`` (columns
+alike). Input taps outside the image read zero (any pad, any size); outputs past the edge of
+``out`` (ragged last tiles) are computed and dropped. Work goes in chunks of tiles whose V and M
+stay within ``WORKSPACE_BYTES``, so memory is bounded for any image or batch. m is chosen per
+image (``tile_size``), so an image's result does not depend on its batch.
 
 The input gradient is the same convolution with the flipped/transposed kernel
-(``conv.flipped_transposed``); ``transposed=True`` builds that kernel's U straight from the
-forward kernel, so no flipped copy is made and the cache below serves both directions.
+(``transposed=True``); its U is built from the forward kernel and cached alongside.
 
-Kernel-transform cache: U costs a^2/9 of the kernel's memory and, for the 512-channel layers, as
-long to build as the layer takes at small images, so it is cached, keyed on the kernel array's
-identity, but **only for read-only kernels** (``kernel.flags.writeable`` False): an immutable
-array cannot change behind the cache, and the cache holds a reference so its id cannot be reused.
-Writable kernels are transformed on every call. Weights loaded once and marked read-only get the
-cache for free; ``clear_kernel_cache()`` drops it.
+Kernel-transform cache: U holds a^2/9 times the kernel's values (38 MB for a 512x512 F(4x4)
+kernel) and takes ~10 ms to build, as long as a 14x14 layer, so it is cached, keyed on the kernel
+array's identity, but **only for read-only kernels** (no array in its base chain writable): an
+immutable array cannot change behind the cache, and the cache holds a reference so its id cannot
+be reused. Writable kernels are transformed on every call. ``clear_kernel_cache()`` drops it.
 
-Accuracy (float32, VGG-like data, vs float64): F(2x2) ~ 1e-7 relative, F(4x4) a few 1e-7 at
-Ci = 512 (measured in tests/test_winograd.py and benchmarks/kernel_sanity.py --errors). Non-finite
-inputs spread over the whole tile (inf - inf), unlike a direct convolution.
+Accuracy (float32, He-initialised VGG16 layers, vs float64): F(2x2) 1-5e-7 relative (as im2col,
+2-4e-7); F(4x4) 1-3.5e-6, growing slowly with Ci (benchmarks/kernel_sanity.py --compare).
+Non-finite inputs spread over the whole tile (inf - inf), unlike a direct convolution.
 """
 
 from collections import OrderedDict
