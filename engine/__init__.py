@@ -7,9 +7,9 @@
     dx = model.input_gradient(x, layer="block3_conv1", grad_output=g)    # d sum(g * layer(x)) / dx
 """
 
-from engine._blas import prefer_avx512_openblas
+from engine._blas import configure_cpu_threads
 
-prefer_avx512_openblas()  # must run before numpy is first imported
+configure_cpu_threads()  # must run before numpy and numba are first imported
 
 from engine.backend import get_backend  # noqa: E402
 from engine.errors import ConvscopeError  # noqa: E402

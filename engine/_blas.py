@@ -1,10 +1,18 @@
-"""Make numpy's bundled OpenBLAS use its AVX-512 kernels on CPUs that have them.
+"""CPU thread-pool and BLAS settings that must be made before numpy and numba load.
 
-OpenBLAS picks its kernels by CPU model; on CPUs it does not recognise (seen: AMD Zen 5) it falls
-back to the AVX2 "Haswell" kernels, about half the SGEMM speed the convolutions could get.
-``OPENBLAS_CORETYPE`` overrides the choice, but only if it is set before numpy loads OpenBLAS,
-so ``engine`` calls ``prefer_avx512_openblas()`` before importing numpy, and leaves any value the
-user set alone. It is only set when the CPU reports the AVX-512 subsets SkylakeX kernels use.
+Two findings on the 2-core development machine (see benchmarks/kernel_sanity.py):
+
+* OpenBLAS picks its kernels by CPU model and falls back to the AVX2 "Haswell" kernels on CPUs it
+  does not recognise (seen under KVM), about 1.5x slower SGEMM than its AVX-512 "SkylakeX"
+  kernels. ``OPENBLAS_CORETYPE`` overrides the choice, only when the CPU reports the AVX-512
+  subsets those kernels use.
+* A convolution alternates Numba parallel regions (transforms, im2col, epilogues) with OpenBLAS
+  calls. Numba's OpenMP workers spin after each region and OpenBLAS's threads spin after each
+  call, each stealing the cores the other needs: ``OMP_WAIT_POLICY=PASSIVE`` and a short
+  ``OPENBLAS_THREAD_TIMEOUT`` took VGG16 forward+input-gradient from 726 to 424 ms there.
+
+Each variable is only set when the user has not set it, and only while it can still take
+effect (OpenBLAS reads its variables when numpy first loads it).
 """
 
 import os
@@ -32,3 +40,12 @@ def prefer_avx512_openblas() -> bool:
         return False
     os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
     return True
+
+
+def configure_cpu_threads() -> None:
+    """The settings above, applied once at ``import engine`` (before numpy where possible)."""
+    prefer_avx512_openblas()
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    if "numba" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
