@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import cli
 import engine
 from engine.errors import ConvscopeError
+from engine.cli import common
 from engine.images import load_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,7 +150,7 @@ def test_no_weights_offers_download_only_at_a_terminal(vgg16_notop_file, monkeyp
     assert result.exit_code == 1 and result.stderr.startswith("error: VGG16 weights not found")
     assert fetched == []
     # At a terminal: asked; "no" keeps the error, "yes" downloads and goes on.
-    monkeypatch.setattr(cli, "_interactive", lambda stream: True)
+    monkeypatch.setattr(common, "_interactive", lambda stream: True)  # engine/cli/common.py asks
     result = invoke("info", input="n\n")
     assert result.exit_code == 1 and "Download" in result.stderr and fetched == []
     result = invoke("info", input="y\n")

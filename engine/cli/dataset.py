@@ -1,0 +1,289 @@
+"""Image folders: nearest neighbours, a 2-D embedding, and the patches that excite each channel."""
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from engine.errors import ConvscopeError
+from engine.images import load_image
+from engine.cli.common import (
+    Device, DeviceOpt, OutOpt, Overwrite, Seed, Weights, command, load_model, resolve_layer,
+)
+from engine.cli.outputs import check_output, save_image, titled, write_text
+from engine.cli.folder_cache import (
+    FeatureCache, PIXEL_SIDE, PerImage, cache_root, feature_source, folder_files, gather, picture_source,
+    report_gathered, weights_identity,
+)
+from engine.cli.features import activation_zoom
+
+
+ImagesDir = Annotated[
+    Path,
+    typer.Option("--images", "-i", help="Folder of images, searched recursively; unreadable files are skipped.", show_default=False),
+]
+CacheDir = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="Feature cache folder. Default: $XDG_CACHE_HOME/convscope or ~/.cache/convscope.", show_default=False),
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Images per forward pass (memory grows with it).")]
+SizeOpt = Annotated[
+    Optional[int],
+    typer.Option("--size", help="Network input height and width (default 224, or the file's fixed size).", show_default=False),
+]
+
+
+class Pooling(str, Enum):
+    avg = "avg"
+    flatten = "flatten"
+
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    l2 = "l2"
+
+
+class EmbedMethod(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+PoolingOpt = Annotated[
+    Pooling,
+    typer.Option("--pool", help="Conv/pool layers: 'avg' = global average per channel; 'flatten' = every value. Dense layers: as they are."),
+]
+
+
+def dataset_model(weights: Optional[Path], device: Device, layer: Optional[str]):
+    """The model and the feature layer: by default the last hidden dense layer (fc2) when the file
+    has the classifier, else the last spatial layer (block5_pool)."""
+    from engine.viz.receptive import receptive_fields
+
+    model = load_model(weights, device)
+    if layer is not None and layer not in model.layer_names and not model.has_classifier and weights is None:
+        with contextlib.suppress(ConvscopeError):  # a dense layer: the classifier file, if there is one
+            model = load_model(None, device, need_top=True)
+    spatial = list(receptive_fields(model))
+    dense = [l.name for l in model.layers if l.kind == "dense"]
+    if layer is None:
+        return model, dense[-2] if len(dense) >= 2 else spatial[-1]
+    if layer not in model.layer_names and layer != "logits" and not model.has_classifier:
+        raise ConvscopeError(
+            f"layer {layer!r} is not in {model.path}, a file without the classifier (notop): give "
+            f"--weights with the classifier file for dense layers, or use a layer such as {spatial[-1]}"
+        )
+    return model, resolve_layer(model, layer)
+
+
+def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
+    """(height, width) of the network input, checked to fit the layers up to ``layer``."""
+    if size is not None and size < 1:
+        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
+    fixed = model.input_shape[:2]
+    hw = (size, size) if size is not None else (fixed if fixed[0] else (224, 224))
+    model.output_shapes(hw, upto=model.layer_index(layer))
+    return hw
+
+
+@command()
+def neighbors(
+    query: Annotated[Path, typer.Argument(help="The query image.", show_default=False)],
+    images: ImagesDir,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many neighbours per row.")] = 8,
+    layer: Annotated[
+        Optional[str],
+        typer.Option("--layer", "-l", help="Feature layer. Default: fc2 with the classifier file, else block5_pool.", show_default=False),
+    ] = None,
+    pooling: PoolingOpt = Pooling.avg,
+    metric: Annotated[Metric, typer.Option("--metric", help="Feature distance: 'cosine' (1 - cos) or 'l2'.")] = Metric.cosine,
+    size: SizeOpt = None,
+    thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail side in pixels.")] = 96,
+    batch: BatchOpt = 16,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+):
+    """Nearest neighbours of an image in a folder: in feature space (top row) and in pixel space (bottom row).
+
+    Pixel space is the images at 32 x 32 (RGB in [0, 1]) with the L2 distance. The query itself
+    (the same path) is never its own neighbour; another copy of it is, at distance 0.
+    """
+    from engine.viz.dataset import captioned_row, nearest, pixel_vectors, side_by_side, stack_rows
+
+    if top < 1 or thumb < 8:
+        raise ConvscopeError(f"--top {top} must be at least 1 and --thumb {thumb} at least 8")
+    query_picture = load_image(query, size=(thumb, thumb))  # a bad query fails before the slow load
+    files = folder_files(images)
+    out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
+    model, layer = dataset_model(weights, device, layer)
+    hw = dataset_input_hw(model, size, layer)
+    root = cache_root(cache_dir, no_cache)
+    wanted = {
+        "features": feature_source(model, root, layer, pooling.value, hw, batch),
+        "pixels": picture_source(root, PIXEL_SIDE),
+    }
+    found = gather(files, wanted, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    mine = gather([query], wanted, strict=True)
+    exclude = [i for i, path in enumerate(found.paths) if path.resolve() == query.resolve()]
+    rows = []
+    for what, title, items, q, how in (
+        ("features", f"features: {layer} ({pooling.value}), {metric.value}", found.arrays["features"],
+         mine.arrays["features"][0], metric.value),
+        ("pixels", f"pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB, l2", pixel_vectors(found.arrays["pixels"]),
+         pixel_vectors(mine.arrays["pixels"])[0], "l2"),
+    ):
+        indices, dist = nearest(q, items, top, how, exclude=exclude)
+        if len(indices) == 0:
+            raise ConvscopeError(f"{images}: no image other than the query to compare with")
+        typer.echo(f"{title}:")
+        for rank, (i, d) in enumerate(zip(indices, dist), start=1):
+            typer.echo(f"{rank:>3}. {d:.4f}  {found.paths[i]}")
+        thumbs = np.stack([load_image(found.paths[i], size=(thumb, thumb)) for i in indices])
+        rows.append(titled(captioned_row(thumbs, [f"{d:.3f}" for d in dist]), title))
+    left = titled(captioned_row(query_picture[None], [query.name[: thumb // 6]]), "query")
+    picture = side_by_side(left, stack_rows(rows))
+    save_image(out, picture, overwrite)
+    typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
+
+
+@command()
+def embed(
+    images: ImagesDir,
+    method: Annotated[EmbedMethod, typer.Option("--method", help="'pca' (numpy SVD) or 'tsne' (needs the tsne extra).")] = EmbedMethod.pca,
+    layer: Annotated[
+        Optional[str],
+        typer.Option("--layer", "-l", help="Feature layer. Default: fc2 with the classifier file, else block5_pool.", show_default=False),
+    ] = None,
+    pooling: PoolingOpt = Pooling.avg,
+    perplexity: Annotated[float, typer.Option("--perplexity", help="t-SNE perplexity (capped at (n - 1) / 3).")] = 30.0,
+    canvas: Annotated[int, typer.Option("--canvas", help="Side of the square picture in pixels.")] = 2000,
+    thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail side in pixels.")] = 64,
+    size: SizeOpt = None,
+    batch: BatchOpt = 16,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    seed: Seed = 0,
+    out: OutOpt = None,
+    csv_path: Annotated[
+        Optional[Path], typer.Option("--csv", help="Coordinates as CSV (path,x,y). Default: the picture's name with .csv.", show_default=False)
+    ] = None,
+    overwrite: Overwrite = False,
+):
+    """A folder's images placed at a 2-D embedding of their features (later images on top), and the coordinates as CSV."""
+    import csv
+    import io
+
+    from engine.viz.dataset import embedding_canvas, pca_2d, require_tsne, tsne_2d, tsne_perplexity
+
+    if thumb < 1 or canvas < thumb:
+        raise ConvscopeError(f"--thumb {thumb} must be at least 1 and --canvas {canvas} at least the thumbnail")
+    if method == EmbedMethod.tsne:
+        require_tsne()
+        if perplexity <= 0:
+            raise ConvscopeError(f"--perplexity {perplexity}: give a positive number")
+    files = folder_files(images)
+    out = check_output(out if out is not None else Path(f"embed_{method.value}.png"), overwrite)
+    csv_path = check_output(csv_path if csv_path is not None else out.with_suffix(".csv"), overwrite, suffixes={".csv"})
+    model, layer = dataset_model(weights, device, layer)
+    hw = dataset_input_hw(model, size, layer)
+    root = cache_root(cache_dir, no_cache)
+    wanted = {
+        "features": feature_source(model, root, layer, pooling.value, hw, batch),
+        "thumbs": picture_source(root, thumb),
+    }
+    found = gather(files, wanted, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    if len(found.paths) < 2:
+        raise ConvscopeError(f"{images}: an embedding needs at least 2 readable images, found {len(found.paths)}")
+    if method == EmbedMethod.pca:
+        coords = pca_2d(found.arrays["features"])
+        how = "PCA"
+    else:
+        coords = tsne_2d(found.arrays["features"], perplexity, seed)
+        how = f"t-SNE (perplexity {tsne_perplexity(len(coords), perplexity):g})"
+    picture = embedding_canvas(found.arrays["thumbs"], coords, canvas)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "x", "y"])
+    for path, (x, y) in zip(found.paths, coords):
+        writer.writerow([str(path), f"{x:.9g}", f"{y:.9g}"])
+    save_image(out, picture, overwrite)
+    write_text(csv_path, text.getvalue(), overwrite)
+    typer.echo(f"wrote {out} ({canvas}x{canvas}: {len(coords)} images by {how} of {layer}) and {csv_path}")
+
+
+@command()
+def patches(
+    images: ImagesDir,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Convolution or pooling layer.")] = "block4_conv1",
+    channels: Annotated[str, typer.Option("--channels", help="Channels, e.g. 0-15 or 3,7,9 (one row each).")] = "0-15",
+    top: Annotated[int, typer.Option("--top", "-k", help="Images per channel, strongest first.")] = 9,
+    size: Annotated[int, typer.Option("--size", help="Network input height and width; patches are cut from the images at this size.")] = 224,
+    margin: Annotated[int, typer.Option("--margin", help="Pixels between patches.")] = 2,
+    batch: BatchOpt = 16,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
+    out: OutOpt = None,
+    overwrite: Overwrite = False,
+):
+    """The image regions that excite each channel most: the receptive field of each image's arg-max, one row per channel.
+
+    Each image gives at most one patch per channel (its strongest position). Parts of a field
+    beyond the image border show the network's zero padding (the ImageNet mean colour).
+    """
+    from engine.viz.dataset import image_channel_maxima, patch_tiles, top_patches
+    from engine.viz.filters import parse_filter_spec
+    from engine.viz.pictures import enlarge, stitch_grid
+    from engine.viz.receptive import receptive_field
+
+    chosen = parse_filter_spec(channels)
+    if top < 1 or margin < 0:
+        raise ConvscopeError(f"--top {top} must be at least 1 and --margin {margin} not negative")
+    files = folder_files(images)
+    out = check_output(out if out is not None else Path(f"patches_{layer}.png"), overwrite)
+    model = load_model(weights, device)
+    field = receptive_field(model, layer)
+    hw = dataset_input_hw(model, size, layer)
+    n_channels = model.output_shapes(hw, upto=model.layer_index(layer))[-1][-1]
+    if max(chosen) >= n_channels:
+        raise ConvscopeError(f"channel {max(chosen)} is out of range: {layer} has {n_channels} channels (0 to {n_channels - 1})")
+
+    def maxima(batch_images):  # (B, 3, C) float64: value, row, column
+        values, positions = image_channel_maxima(model, batch_images, layer, batch)
+        return np.concatenate([values[:, None, :].astype(np.float64), positions.transpose(0, 2, 1).astype(np.float64)], axis=1)
+
+    cache = FeatureCache(cache_root(cache_dir, no_cache), "channel-maxima", weights_identity(model.path), layer, tuple(hw))
+    found = gather(files, {"maxima": PerImage(cache, (hw[1], hw[0]), maxima)}, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    packed = found.arrays["maxima"]
+    values, positions = packed[:, 0, :], packed[:, 1:, :].transpose(0, 2, 1).astype(np.int64)
+    best = top_patches(values, positions, field, hw, chosen, top)
+    sources = {int(i): load_image(found.paths[int(i)], size=(hw[1], hw[0])) for i in np.unique(best.images)}
+    tiles = patch_tiles(sources, best, field)
+    rows, columns = tiles.shape[:2]
+    zoom = activation_zoom(min(field.size))
+    tiles = enlarge(tiles.reshape((rows * columns,) + tiles.shape[2:]), zoom)
+    picture = stitch_grid(tiles, rows=rows, columns=columns, margin=margin, fill=255)
+    for row, channel in enumerate(best.channels):
+        i = best.images[row, 0]
+        typer.echo(
+            f"channel {int(channel):>4}: max {best.values[row, 0]:.4g} in {found.paths[int(i)]} "
+            f"at {tuple(int(v) for v in best.positions[row, 0])}, field {tuple(int(v) for v in best.boxes[row, 0])}"
+        )
+    save_image(out, picture, overwrite)
+    typer.echo(
+        f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}: {rows} channels x {columns} patches of "
+        f"{field.size[0]} px, the receptive field of {layer})"
+    )
