@@ -15,6 +15,7 @@ progress bars, writing pictures); everything else in engine/ stays pure: arrays 
     dataset.py       neighbors, embed, patches (image folders)
     folder_cache.py  the per-image feature cache of the folder commands
     synthesis.py     fool, invert, texture, dream, classmax
+    report.py        report: one HTML page of the photo techniques
 
 The CLI owns everything the engine must not do: finding and offering to download weight files,
 reading images, progress bars, and writing output files (atomically, never over an existing file
@@ -36,6 +37,7 @@ from engine.cli.basic import info, predict
 from engine.cli.common import _OneLineErrors, register
 from engine.cli.dataset import embed, neighbors, patches
 from engine.cli.features import activations, filters, show_weights
+from engine.cli.report import report
 from engine.cli.synthesis import classmax, dream, fool, invert, texture
 
 app = typer.Typer(
@@ -48,6 +50,6 @@ app = typer.Typer(
 
 COMMANDS = (
     info, predict, filters, show_weights, gradcam, activations, saliency, occlusion,
-    neighbors, embed, patches, fool, invert, texture, dream, classmax,
+    neighbors, embed, patches, fool, invert, texture, dream, classmax, report,
 )
 register(app, COMMANDS)

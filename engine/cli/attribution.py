@@ -19,6 +19,35 @@ from engine.cli.common import (
 from engine.cli.outputs import check_array_output, check_output, save_array, save_image
 
 
+# The pictures, shared with the report command (engine/cli/report.py).
+
+
+def heatmap_picture(photo: np.ndarray, unit: np.ndarray, alpha: float) -> np.ndarray:
+    """A [0, 1] heatmap resized to the photo (bilinear), jet-coloured and blended over it."""
+    from engine.preprocess import resize
+    from engine.viz.colormaps import overlay
+
+    photo_size = (photo.shape[1], photo.shape[0])
+    return overlay(photo, np.clip(resize(unit, photo_size, "bilinear"), 0.0, 1.0), alpha)
+
+
+def saliency_picture(photo: np.ndarray, result, index: int = 0):
+    """(picture, scale): an attribution map at the photo's size, clipped at its 99th percentile."""
+    from engine.preprocess import resize
+    from engine.viz.attribution.pictures import attribution_picture, clip_scale
+
+    photo_size = (photo.shape[1], photo.shape[0])
+    scale = clip_scale(result.maps[index], result.signed)
+    return attribution_picture(resize(result.maps[index], photo_size, "bilinear"), result.signed, scale), scale
+
+
+def occlusion_unit(heatmap: np.ndarray):
+    """(unit, peak): the probability drops scaled so the largest is 1 (all zeros when none is positive)."""
+    peak = float(heatmap.max())
+    return (np.clip(heatmap / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heatmap)), peak
+
+
+
 @command()
 def gradcam(
     image: Annotated[Path, typer.Argument(help="Image file (JPEG, PNG, ...).", show_default=False)],
@@ -40,9 +69,7 @@ def gradcam(
 ):
     """Where the network sees a class: the Grad-CAM heatmap, jet-coloured, blended over the photo."""
     from engine.images import resize_image
-    from engine.preprocess import resize
     from engine.viz.cam import n_classes
-    from engine.viz.colormaps import overlay
     from engine.viz.gradcam import grad_cam
 
     if not 0.0 <= alpha <= 1.0:
@@ -68,7 +95,7 @@ def gradcam(
     if heatmap.max() == 0:
         typer.echo(f"note: the heatmap is all zeros (no channel of {layer} speaks for class {k})")
     photo_size = (photo.shape[1], photo.shape[0])
-    picture = overlay(photo, np.clip(resize(heatmap, photo_size, "bilinear"), 0.0, 1.0), alpha)
+    picture = heatmap_picture(photo, heatmap, alpha)
     save_image(out, picture, overwrite)
     save_array(array_path, heatmap, overwrite)
     typer.echo(f"wrote {out} ({photo_size[0]}x{photo_size[1]}; heatmap {shape_text(heatmap.shape)} at {layer})")
@@ -112,10 +139,8 @@ def saliency(
     ] = None,
 ):
     """Which pixels the class score depends on: gradients, guided backprop, SmoothGrad, integrated gradients, guided Grad-CAM."""
-    from engine.preprocess import resize
     from engine.viz.attribution import attribute
     from engine.viz.attribution.base import check_count
-    from engine.viz.attribution.pictures import attribution_picture, clip_scale
     from engine.viz.cam import n_classes
 
     name = method.value
@@ -160,8 +185,7 @@ def saliency(
         if error > 0.01:
             typer.echo("note: the error is above 1%: try more --steps (or --rule gausslegendre)")
     photo_size = (photo.shape[1], photo.shape[0])
-    scale = clip_scale(result.maps[0], result.signed)
-    picture = attribution_picture(resize(result.maps[0], photo_size, "bilinear"), result.signed, scale)
+    picture, scale = saliency_picture(photo, result)
     save_image(out, picture, overwrite)
     save_array(array_path, result.attributions[0][..., ::-1], overwrite)  # BGR network input -> RGB
     colours = "blue-white-red, signed" if result.signed else "gray, |attribution|"
@@ -189,10 +213,8 @@ def occlusion(
     ] = None,
 ):
     """Where hiding the photo hurts the class: the drop in its probability as a grey square slides over it."""
-    from engine.preprocess import resize
     from engine.viz.attribution.base import check_count
     from engine.viz.cam import n_classes
-    from engine.viz.colormaps import overlay
     from engine.viz.occlusion import occlusion as occlusion_map
 
     if not 0.0 <= alpha <= 1.0:
@@ -224,12 +246,11 @@ def occlusion(
         f"largest drop {drops[i, j]:.4f} with the square at ({int(result.lefts[j])}, {int(result.tops[i])}); "
         f"smallest {drops.min():.4f}"
     )
-    peak = float(heatmap.max())
+    unit, peak = occlusion_unit(heatmap)
     if peak <= 0:
         typer.echo("note: no position lowers the probability: the heatmap is empty")
-    unit = np.clip(heatmap / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heatmap)
     photo_size = (photo.shape[1], photo.shape[0])
-    picture = overlay(photo, np.clip(resize(unit, photo_size, "bilinear"), 0.0, 1.0), alpha)
+    picture = heatmap_picture(photo, unit, alpha)
     save_image(out, picture, overwrite)
     save_array(array_path, heatmap, overwrite)
     typer.echo(

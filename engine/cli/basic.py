@@ -11,6 +11,7 @@ from engine.errors import ConvscopeError
 from engine.images import load_image
 from engine.cli.common import (
     Device, DeviceOpt, Weights, shape_text, class_label, class_names_for, command, load_model,
+    require_classifier,
     resolve_class, resolve_layer,
 )
 
@@ -75,11 +76,7 @@ def predict(
 
     pictures = [load_image(path) for path in images]  # bad images fail before the slow load
     model = load_model(weights, device, need_top=True)
-    if not model.has_classifier:
-        raise ConvscopeError(
-            f"predict needs the VGG16 file with the classifier "
-            f"(vgg16_weights_tf_dim_ordering_tf_kernels.h5); {model.path} has none (a 'notop' file)"
-        )
+    require_classifier(model, "predict")
     height, width = (s or 224 for s in model.input_shape[:2])
     batch = np.stack([resize_image(picture, (width, height)) for picture in pictures])
     probabilities = model.predict(engine.preprocess_input(batch))

@@ -183,6 +183,15 @@ def load_model(weights: Optional[Path], device: Device = Device.cpu, need_top: b
     return engine.load(path, device=Device(device).value)
 
 
+def require_classifier(model, command: str) -> None:
+    """A one-line error when the weights file has no classifier (a 'notop' file)."""
+    if not model.has_classifier:
+        raise ConvscopeError(
+            f"{command} needs the VGG16 file with the classifier "
+            f"(vgg16_weights_tf_dim_ordering_tf_kernels.h5); {model.path} has none (a 'notop' file)"
+        )
+
+
 def read_images(paths, size=None) -> np.ndarray:
     """uint8 RGB images, (N, H, W, 3), all resized to ``size`` = (width, height) when given."""
     images = [load_image(path, size=size) for path in paths]

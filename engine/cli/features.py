@@ -153,6 +153,14 @@ def activation_zoom(side: int) -> int:
     return max(1, -(-MIN_TILE // max(1, int(side))))
 
 
+def activation_picture(a: np.ndarray, name: str) -> np.ndarray:
+    """One layer's (h, w, C) activations: every channel a tile, 16 per row, under the layer's name."""
+    from engine.viz.activations import activation_grid
+
+    grid = activation_grid(a, gap=ACTIVATION_GAP, zoom=activation_zoom(min(a.shape[:2])))
+    return titled(grid, f"{name}  {shape_text(a.shape)}")
+
+
 @command()
 def activations(
     image: Annotated[Path, typer.Argument(help="Image file (JPEG, PNG, ...).", show_default=False)],
@@ -170,7 +178,7 @@ def activations(
 ):
     """What each channel of a layer sees in a photo: every channel a tile, 16 per row, one PNG per layer."""
     from engine.images import resize_image
-    from engine.viz.activations import activation_grid, activation_maps, default_layers
+    from engine.viz.activations import activation_maps, default_layers
 
     if size < 1:
         raise ConvscopeError(f"--size {size}: give a positive number of pixels")
@@ -193,8 +201,7 @@ def activations(
     with progress("writing pictures", total=len(names)) as update:
         for done, name in enumerate(names, start=1):
             a = maps[name][0]
-            grid = activation_grid(a, gap=ACTIVATION_GAP, zoom=activation_zoom(min(a.shape[:2])))
-            picture = titled(grid, f"{name}  {shape_text(a.shape)}")
+            picture = activation_picture(a, name)
             save_image(paths[name], picture, overwrite)
             typer.echo(f"wrote {paths[name]} ({picture.shape[1]}x{picture.shape[0]}: {a.shape[2]} channels of {shape_text(a.shape[:2])})")
             update(done)

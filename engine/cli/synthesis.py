@@ -13,7 +13,7 @@ from engine.errors import ConvscopeError
 from engine.images import load_image
 from engine.cli.common import (
     Device, DeviceOpt, OutOpt, Overwrite, SaveArray, Score, Seed, Weights, class_label, class_names_for,
-    command, load_model, progress, resolve_class, resolve_layer,
+    command, load_model, require_classifier, progress, resolve_class, resolve_layer,
 )
 from engine.cli.outputs import (
     check_array_output, check_output, output_prefix, save_array, save_image, side_by_side, titled,
@@ -328,11 +328,7 @@ def classmax(
     from engine.viz.pictures import stitch_grid
 
     model = load_model(weights, device, need_top=True)
-    if not model.has_classifier:
-        raise ConvscopeError(
-            f"classmax needs the VGG16 file with the classifier "
-            f"(vgg16_weights_tf_dim_ordering_tf_kernels.h5); {model.path} has none (a 'notop' file)"
-        )
+    require_classifier(model, "classmax")
     n_classes = model.layers[-1].kernel.shape[1]
     names = class_names_for(n_classes)
     classes = [resolve_class(value, n_classes, names) for value in klass]

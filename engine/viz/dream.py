@@ -243,7 +243,9 @@ def deep_dream(
     if min(shapes[0]) < 1:
         raise ConvscopeError(f"{octaves} octaves shrink a {x.shape[1]}x{x.shape[2]} image to nothing: use fewer")
     _check_layers(model, layers, shapes[0])
-    model.check_input(np.zeros((1, *shapes[0], x.shape[3]), np.float32))
+    # up to the deepest dream layer: a file with the classifier dreams at any size too
+    deepest = model.layer_index(max(layers, key=model.layer_index))
+    model.check_input(np.zeros((1, *shapes[0], x.shape[3]), np.float32), upto=deepest)
 
     objective = dream_objective(model, layers, tile=tile, roll=roll, seed=seed)
     original = x
