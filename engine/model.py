@@ -14,6 +14,8 @@ Buffers are reused between passes of the same shapes, so a new trace invalidates
 the previous one; ``forward`` and ``input_gradient`` return host copies and are always safe.
 """
 
+import os
+
 import numpy as np
 
 from kernels import RELU_MODES
@@ -54,19 +56,35 @@ def layer_output_shape(spec, in_shape):
 class Model:
     """A loaded network on one backend. Build with ``engine.load``."""
 
-    def __init__(self, spec: NetworkSpec, device="cpu", path=None):
+    def __init__(self, spec: NetworkSpec, device="cpu", path=None, fast_conv=None):
         self.spec = spec
         self.path = path
         self.backend = get_backend(device)
+        if fast_conv is None:
+            fast_conv = os.environ.get("CONVSCOPE_FAST_CONV") == "1"
+        self.fast_conv = bool(fast_conv)
         self.layers = spec.layers
         self._index = {layer.name: i for i, layer in enumerate(self.layers)}
         to_device = self.backend.to_device
         self._params = [
-            (to_device(l.kernel), to_device(l.bias)) if l.kernel is not None else (None, None)
+            (self._kernel(l.kernel), to_device(l.bias)) if l.kernel is not None else (None, None)
             for l in self.layers
         ]
         self._workspace = {}
         self._generation = 0
+
+    def _kernel(self, kernel):
+        """A kernel on the device. With ``fast_conv`` the host copy is made read-only: the CPU
+        backend then caches its Winograd transform and uses Winograd F(2x2)/F(4x4) for 3x3
+        convolutions (kernels/cpu/winograd.py: per-layer relative error 1e-7 to 3.5e-6, against
+        2-4e-7 for the default im2col + GEMM). Off by default: gradients through ReLU/max-pool
+        near-ties, and iterated ascents, then differ from the im2col path (and from the stored
+        references) by up to about 1e-2, as any other float32 implementation would."""
+        param = self.backend.to_device(kernel)
+        if self.fast_conv and self.backend.on_host:
+            param = np.array(param, copy=True)
+            param.setflags(write=False)
+        return param
 
     # --- description -------------------------------------------------------------------------
     @property

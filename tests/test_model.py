@@ -247,3 +247,19 @@ def test_passes_that_stop_early_take_any_size_and_skip_unneeded_backward(monkeyp
     g = trace.backward({"out": uniform(9, "g", (2, 4), -1, 1)}, wrt=("c3",))["c3"]
     assert g.shape == trace.output("c3").shape and np.abs(g).max() > 0
     assert "conv2d_backward_input" not in calls and "maxpool_backward" not in calls
+
+
+def test_fast_conv_uses_winograd_and_stays_within_1e4_of_the_default(vgg16_notop_file, monkeypatch):
+    import engine
+    from kernels.cpu import conv
+
+    x = uniform(21, "fast", (1, 48, 48, 3), -120, 150)
+    default, fast = engine.load(vgg16_notop_file), engine.load(vgg16_notop_file, fast_conv=True)
+    assert default._params[1][0].flags.writeable and not fast._params[1][0].flags.writeable
+    chosen = []
+    original = conv.choose_algorithm
+    monkeypatch.setattr(conv, "choose_algorithm", lambda *a, **k: chosen.append(original(*a, **k)) or chosen[-1])
+    a = fast.forward(x, ["block3_conv3"])["block3_conv3"]
+    assert any(algorithm.__name__ == "conv_winograd" for algorithm in chosen)
+    b = default.forward(x, ["block3_conv3"])["block3_conv3"]
+    assert rel_err(a, b) < 1e-4
