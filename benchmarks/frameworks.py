@@ -179,6 +179,10 @@ class TorchContender:
         self.seq, self.reference = torch_sequential(weights)
         self.convs = [m for m in self.seq if isinstance(m, torch.nn.Conv2d)]
 
+    def all_outputs(self, x) -> dict:
+        """Every layer's float32 output: the ReLU/pool decisions this contender makes."""
+        return self.reference.outputs(x, names=[t["name"] for t in TABLE])
+
     def prepare(self, task):
         torch, kind = self.torch, task[0]
         if kind == "forward":
