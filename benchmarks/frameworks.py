@@ -261,6 +261,9 @@ class OnnxContender:
         ort = self.ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
+        # ORT's workers spin after each run by default, stealing the cores from whichever
+        # contender runs next in the interleaved loop; the others wait passively too.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
