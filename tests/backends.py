@@ -26,6 +26,12 @@ def run(backend, op, *args):
     fn = getattr(importlib.import_module(f"kernels.{backend}"), op)
     if backend != "cuda":
         return fn(*args)
+    on_device(fn, *args)
+    return None
+
+
+def on_device(fn, *args):
+    """Call fn on device copies of the array arguments; copy every array back into its host one."""
     from numba import cuda
 
     device_args = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
@@ -34,4 +40,3 @@ def run(backend, op, *args):
     for host, dev in zip(args, device_args):
         if isinstance(host, np.ndarray):
             dev.copy_to_host(host)
-    return None

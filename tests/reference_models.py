@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.architectures import vgg16_layers
+from tests.metrics import rel_err
 
 RELU_MODES = ("standard", "guided")
 
@@ -54,13 +55,6 @@ def file_has_top(path) -> bool:
             (v.decode() if isinstance(v, bytes) else v) == "predictions"
             for v in f.attrs["layer_names"]
         )
-
-
-def rel_err(a, b) -> float:
-    """||a - b|| / ||b|| in float64."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
 # --------------------------------------------------------------------------------------------

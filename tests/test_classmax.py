@@ -13,13 +13,9 @@ from engine.model import Model
 from engine.viz.classmax import class_model, gaussian_blur
 from tests.fixtures.make_dream_reference import CLASSMAX, SUBSAMPLE, classmax_start
 from tests.test_model import small_spec
+from tests.metrics import rel_err
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "dream_reference.npz"
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from kernels import RELU_DECONV, RELU_GUIDED, RELU_STANDARD  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels.cuda import conv  # noqa: E402
 from kernels.cuda.gemm import DEFAULT_TILE, GemmTile, conv_gemm_kernel  # noqa: E402
-from tests.backends import run  # noqa: E402
+from tests.backends import on_device, run  # noqa: E402
 
 if not cuda_backend.is_available():
     pytest.skip("numba.cuda is not usable here (no GPU, simulator off)", allow_module_level=True)
@@ -38,18 +38,6 @@ def assert_close(actual, expected):
     scale = max(float(np.abs(expected).max()), 1e-30)
     error = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
     assert error < TOLERANCE, f"relative error {error:.3g}"
-
-
-def on_device(fn, *args):
-    """Call fn on device copies of the array arguments; copy every array back into its host one."""
-    from numba import cuda
-
-    device_args = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
-    fn(*device_args)
-    cuda.synchronize()
-    for host, dev in zip(args, device_args):
-        if isinstance(host, np.ndarray):
-            dev.copy_to_host(host)
 
 
 def conv_case(rng, n, h, w, c_in, c_out, kh, kw, padding):

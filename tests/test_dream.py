@@ -14,13 +14,9 @@ from engine.viz.objectives import INPUT
 from engine.viz.resize import resize_bilinear
 from tests.fixtures.make_dream_reference import DREAM, dream_start
 from tests.synthetic import uniform
+from tests.metrics import rel_err
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "dream_reference.npz"
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

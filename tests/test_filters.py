@@ -15,13 +15,9 @@ from engine.viz.filters import parse_filter_spec, stage_sizes, start_images, vis
 from engine.viz.pictures import grid_size, standardize_to_uint8, stitch_grid
 from engine.viz.transforms import jitter
 from engine.viz import objectives
+from tests.metrics import rel_err
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "filters_reference.npz"
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 CASES = ("pool_free", "pooled")

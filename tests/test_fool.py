@@ -18,14 +18,10 @@ from engine.viz import objectives
 from engine.viz.fool import TargetCrossEntropy, change_size, cross_entropy_gradient, fgsm, fool
 from tests.synthetic import uniform
 from tests.test_objectives import numeric_gradient
+from tests.metrics import rel_err
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "fool_reference.npz"
 CROP = (slice(100, 132), slice(100, 132))
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def test_cross_entropy_gradient_matches_finite_differences():

@@ -20,15 +20,11 @@ from engine.viz.cam import target_classes, weighted_map
 from engine.viz.colormaps import apply_colormap, colormap, overlay, to_index
 from engine.viz.gradcam import grad_cam, grad_cam_weights
 from tests.synthetic import uniform
+from tests.metrics import rel_err
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "gradcam_reference.npz"
 TINY = pathlib.Path(__file__).parent / "fixtures" / "keras_models" / "tiny_softmax_cnn.h5"
 TOLERANCE = 1e-3
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,11 @@ import pytest
 import kernels.cpu as cpu
 from kernels import RELU_DECONV, RELU_GUIDED, RELU_STANDARD
 from kernels import reference as ref
+from tests.metrics import rel_err
 
 BACKENDS = {"reference": ref, "cpu": cpu}
 EPS = 1e-6
 TOL = 1e-6
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def numeric_gradient(loss, x, eps=EPS):

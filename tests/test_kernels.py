@@ -15,13 +15,10 @@ import kernels
 from kernels import RELU_DECONV, RELU_GUIDED, RELU_MODES, RELU_STANDARD
 from kernels import reference as ref
 from tests.backends import backend_names, run
+from tests.metrics import rel_err
 
 BACKENDS = backend_names()
 TOL = 1e-5
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def rand(rng, *shape):

@@ -15,6 +15,7 @@ from engine.model import Model
 from engine.spec import LayerSpec, NetworkSpec
 from kernels import reference
 from tests.synthetic import uniform
+from tests.metrics import rel_err
 
 
 def small_spec(last_activation="softmax"):
@@ -61,10 +62,6 @@ def finite_difference(model, x, layer, g, eps=1e-6):
         flat[j] = saved
         gflat[j] = (up - down) / (2 * eps)
     return grad
-
-
-def rel_err(a, b):
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize("layer", ["c1", "c2", "p1", "c3", "flat", "d1", "out", "logits"])

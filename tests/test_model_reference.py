@@ -30,6 +30,7 @@ import pytest
 import engine
 from engine.architectures import vgg16_layers
 from tests.synthetic import uniform, vgg16_arrays
+from tests.metrics import rel_err
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vgg16_reference.npz"
 TOL = 1e-4
@@ -39,12 +40,6 @@ CASES = {
     "stack": dict(include_top=False, input=("input96", (2, 96, 96, 3))),
     "full": dict(include_top=True, input=("input224", (1, 224, 224, 3))),
 }
-
-
-def rel_err(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def grad_output(layer, shape):

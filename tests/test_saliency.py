@@ -25,15 +25,11 @@ from engine.viz.attribution.integrated import black_baseline, quadrature
 from engine.viz.attribution.pictures import BWR, attribution_picture, diverging_picture, gray_picture
 from engine.viz.attribution.smoothgrad import noisy_copies
 from tests.synthetic import uniform
+from tests.metrics import rel_err
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "saliency_reference.npz"
 TINY = pathlib.Path(__file__).parent / "fixtures" / "keras_models" / "tiny_softmax_cnn.h5"
 TOLERANCE = 1e-3
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

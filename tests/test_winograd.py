@@ -15,12 +15,9 @@ import pytest
 import kernels.cpu as cpu
 from kernels import reference as ref
 from kernels.cpu import conv, winograd
+from tests.metrics import rel_err
 
 TOL = {2: 1e-5, 4: 2e-5}
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def out_size(h, pad):
