@@ -6,10 +6,11 @@ total milliseconds and GFLOP/s (2 * Ho * Wo * kh * kw * Ci * Co per image per la
 count for the input gradient). Before timing, one layer of each kind is checked against
 ``kernels.reference``. Random He-initialised weights: the timing does not depend on their values.
 
-NumPy's OpenBLAS picks its kernels when NumPy is imported, so compare e.g.
+The engine's thread and BLAS settings (``engine/_blas.py``) are applied before NumPy loads, as
+``import engine`` does; a variable set by hand wins, so compare e.g.
 
     python benchmarks/kernel_sanity.py
-    OPENBLAS_CORETYPE=SkylakeX python benchmarks/kernel_sanity.py
+    OPENBLAS_CORETYPE=Haswell OMP_WAIT_POLICY=ACTIVE python benchmarks/kernel_sanity.py
 
 Numba's OpenMP workers spin after each parallel region and steal a core from OpenBLAS's threads
 (and OpenBLAS's spin likewise), which on 2 cores costs more than any kernel tuning: measured
@@ -31,13 +32,17 @@ import pathlib
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import kernels.cpu as cpu
-from kernels import reference as ref
-from kernels.cpu import conv, im2col, winograd
+from engine._blas import configure_cpu_threads
+
+configure_cpu_threads()  # the engine's own settings (before numpy loads); variables set by hand win
+
+import numpy as np  # noqa: E402
+
+import kernels.cpu as cpu  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+from kernels.cpu import conv, im2col, winograd  # noqa: E402
 
 VGG16_CONVS = [  # (c_in, c_out, pool after)
     (3, 64, False), (64, 64, True),
