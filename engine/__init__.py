@@ -17,19 +17,20 @@ from engine.model import Model, Trace  # noqa: E402
 from engine.preprocess import deprocess, preprocess_input  # noqa: E402
 
 
-def load(path=None, device="cpu", need_top=False, fast_conv=None) -> Model:
+def load(path=None, device="cpu", need_top=False, conv=None) -> Model:
     """Load a network from a Keras h5 file onto 'cpu', 'cuda', 'auto' or 'reference'.
 
     ``path`` None looks for the official VGG16 file as ``engine.resources.resolve_weights`` does
     (CONVSCOPE_WEIGHTS, then the Keras cache ~/.keras/models/); ``need_top`` asks for the file
-    with the classifier. ``fast_conv`` (default: ``$CONVSCOPE_FAST_CONV == "1"``) turns on the
-    CPU's Winograd path for 3x3 convolutions (see ``Model``).
+    with the classifier. ``conv`` (default ``$CONVSCOPE_CONV``, else "auto"): "auto" lets the CPU
+    take its fastest convolution (Winograd for 3x3 layers), "gemm" keeps it to im2col + GEMM (see
+    ``engine.model.CONV_ALGORITHMS``).
     """
     from engine.resources import resolve_weights
     from engine.weights import read_network
 
     path = resolve_weights(path, need_top=need_top)
-    return Model(read_network(path), device=device, path=path, fast_conv=fast_conv)
+    return Model(read_network(path), device=device, path=path, conv=conv)
 
 
 __all__ = [

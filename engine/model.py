@@ -26,6 +26,13 @@ from engine.spec import NetworkSpec
 LOGITS = "logits"
 INPUT = "input"
 
+# "auto": each convolution takes the CPU backend's fastest algorithm, Winograd F(4x4)/F(2x2) for
+# 3x3 layers (per-layer relative error 1e-7 to 3.5e-6 against float64 on VGG16). "gemm": im2col +
+# GEMM only (2-4e-7, slower). Float32 trajectories of iterated ascents (dream, class models,
+# fooling) follow every rounding through ReLU and max-pool near-ties, so a stored float32-faithful
+# trajectory is reproduced only by the arithmetic that made it; both are correct convolutions.
+CONV_ALGORITHMS = ("auto", "gemm")
+
 
 def conv_padding(spec):
     """(top, left) zero padding of a conv layer: Keras 'same' pads (k - 1) // 2 before."""
@@ -56,13 +63,19 @@ def layer_output_shape(spec, in_shape):
 class Model:
     """A loaded network on one backend. Build with ``engine.load``."""
 
-    def __init__(self, spec: NetworkSpec, device="cpu", path=None, fast_conv=None):
+    def __init__(self, spec: NetworkSpec, device="cpu", path=None, conv=None):
         self.spec = spec
         self.path = path
         self.backend = get_backend(device)
-        if fast_conv is None:
-            fast_conv = os.environ.get("CONVSCOPE_FAST_CONV") == "1"
-        self.fast_conv = bool(fast_conv)
+        if conv is None:
+            conv = os.environ.get("CONVSCOPE_CONV") or "auto"
+        if conv not in CONV_ALGORITHMS:
+            raise ConvscopeError(
+                f"unknown convolution algorithm {conv!r}: choose one of {', '.join(CONV_ALGORITHMS)}"
+            )
+        self.conv = conv
+        # only the CPU backend has a choice of algorithms (kernels/cpu/conv.py)
+        self._conv_options = {"algorithm": conv} if self.backend.name == "cpu" and conv != "auto" else {}
         self.layers = spec.layers
         self._index = {layer.name: i for i, layer in enumerate(self.layers)}
         to_device = self.backend.to_device
@@ -74,14 +87,10 @@ class Model:
         self._generation = 0
 
     def _kernel(self, kernel):
-        """A kernel on the device. With ``fast_conv`` the host copy is made read-only: the CPU
-        backend then caches its Winograd transform and uses Winograd F(2x2)/F(4x4) for 3x3
-        convolutions (kernels/cpu/winograd.py: per-layer relative error 1e-7 to 3.5e-6, against
-        2-4e-7 for the default im2col + GEMM). Off by default: gradients through ReLU/max-pool
-        near-ties, and iterated ascents, then differ from the im2col path (and from the stored
-        references) by up to about 1e-2, as any other float32 implementation would."""
+        """A kernel on the device; the host copy is read-only (the model never changes its
+        weights), which lets the CPU backend cache Winograd's transform of it."""
         param = self.backend.to_device(kernel)
-        if self.fast_conv and self.backend.on_host:
+        if self.backend.on_host:
             param = np.array(param, copy=True)
             param.setflags(write=False)
         return param
@@ -245,7 +254,7 @@ class Trace:
                 fused_relu = spec.activation == "relu"
                 out = buf("out", i, (n,) + shape_out)
                 if spec.kind == "conv2d":
-                    ops.conv2d_forward(h, kernel, bias, conv_padding(spec), fused_relu, out)
+                    ops.conv2d_forward(h, kernel, bias, conv_padding(spec), fused_relu, out, **model._conv_options)
                 else:
                     ops.dense_forward(h, kernel, bias, fused_relu, out)
                 if spec.activation in ("softmax", "sigmoid"):
@@ -329,7 +338,7 @@ class Trace:
                 h_in = self.outputs[i - 1] if i > 0 else self.input
                 g_in = buf("grad", i, h_in.shape)
                 if spec.kind == "conv2d":
-                    ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in)
+                    ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **model._conv_options)
                 else:
                     ops.dense_backward_input(g, kernel, g_in)
                 g = g_in

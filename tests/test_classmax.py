@@ -13,14 +13,14 @@ from engine.model import Model
 from engine.viz.classmax import class_model, gaussian_blur
 from tests.fixtures.make_dream_reference import CLASSMAX, SUBSAMPLE, classmax_start
 from tests.test_model import small_spec
-from tests.metrics import rel_err
+from tests.metrics import FIXTURE_CONV, rel_err
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "dream_reference.npz"
 
 
 @pytest.fixture(scope="module")
 def vgg16(vgg16_full_file):
-    return engine.load(vgg16_full_file)
+    return engine.load(vgg16_full_file, conv=FIXTURE_CONV)
 
 
 def test_matches_pytorch_and_raises_the_class_probability(vgg16):

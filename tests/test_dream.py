@@ -14,14 +14,14 @@ from engine.viz.objectives import INPUT
 from engine.viz.resize import resize_bilinear
 from tests.fixtures.make_dream_reference import DREAM, dream_start
 from tests.synthetic import uniform
-from tests.metrics import rel_err
+from tests.metrics import FIXTURE_CONV, rel_err
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "dream_reference.npz"
 
 
 @pytest.fixture(scope="module")
 def model(vgg16_notop_file):
-    return engine.load(vgg16_notop_file)
+    return engine.load(vgg16_notop_file, conv=FIXTURE_CONV)
 
 
 @pytest.fixture(scope="module")

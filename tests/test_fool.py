@@ -18,7 +18,7 @@ from engine.viz import objectives
 from engine.viz.fool import TargetCrossEntropy, change_size, cross_entropy_gradient, fgsm, fool
 from tests.synthetic import uniform
 from tests.test_objectives import numeric_gradient
-from tests.metrics import rel_err
+from tests.metrics import FIXTURE_CONV, rel_err
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "fool_reference.npz"
 CROP = (slice(100, 132), slice(100, 132))
@@ -55,7 +55,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def vgg16(vgg16_full_file):
-    return engine.load(vgg16_full_file)
+    return engine.load(vgg16_full_file, conv=FIXTURE_CONV)
 
 
 @pytest.fixture(scope="module")

@@ -246,17 +246,34 @@ def test_passes_that_stop_early_take_any_size_and_skip_unneeded_backward(monkeyp
     assert "conv2d_backward_input" not in calls and "maxpool_backward" not in calls
 
 
-def test_fast_conv_uses_winograd_and_stays_within_1e4_of_the_default(vgg16_notop_file, monkeypatch):
+def test_conv_auto_takes_winograd_gemm_never_and_both_agree_within_1e4(vgg16_notop_file, monkeypatch):
     import engine
     from kernels.cpu import conv
 
     x = uniform(21, "fast", (1, 48, 48, 3), -120, 150)
-    default, fast = engine.load(vgg16_notop_file), engine.load(vgg16_notop_file, fast_conv=True)
-    assert default._params[1][0].flags.writeable and not fast._params[1][0].flags.writeable
-    chosen = []
-    original = conv.choose_algorithm
-    monkeypatch.setattr(conv, "choose_algorithm", lambda *a, **k: chosen.append(original(*a, **k)) or chosen[-1])
-    a = fast.forward(x, ["block3_conv3"])["block3_conv3"]
-    assert any(algorithm.__name__ == "conv_winograd" for algorithm in chosen)
-    b = default.forward(x, ["block3_conv3"])["block3_conv3"]
-    assert rel_err(a, b) < 1e-4
+    g = uniform(22, "fast_g", (1, 12, 12, 256), -1, 1)
+    auto, gemm = engine.load(vgg16_notop_file), engine.load(vgg16_notop_file, conv="gemm")
+    assert not auto._params[1][0].flags.writeable  # frozen: Winograd caches its transform
+    results = {}
+    for name, model in (("auto", auto), ("gemm", gemm)):
+        chosen = []
+        original = conv.choose_algorithm
+        monkeypatch.setattr(conv, "choose_algorithm", lambda *a, **k: chosen.append(original(*a, **k)) or chosen[-1])
+        out = model.forward(x, ["block3_conv3"])["block3_conv3"]
+        grad = model.input_gradient(x, "block3_conv3", g)
+        monkeypatch.setattr(conv, "choose_algorithm", original)
+        used = {algorithm.__name__ for algorithm in chosen}
+        results[name] = (out, grad, used)
+    assert "conv_winograd" in results["auto"][2]
+    assert results["gemm"][2] == {"conv_im2col_gemm"}
+    assert rel_err(results["auto"][0], results["gemm"][0]) < 1e-4
+    assert rel_err(results["auto"][1], results["gemm"][1]) < 1e-4
+
+
+def test_unknown_conv_algorithm_is_one_clear_error(vgg16_notop_file, monkeypatch):
+    import engine
+
+    with pytest.raises(ConvscopeError, match="unknown convolution algorithm 'fastest'"):
+        engine.load(vgg16_notop_file, conv="fastest")
+    monkeypatch.setenv("CONVSCOPE_CONV", "gemm")
+    assert engine.load(vgg16_notop_file).conv == "gemm"

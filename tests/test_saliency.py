@@ -25,7 +25,7 @@ from engine.viz.attribution.integrated import black_baseline, quadrature
 from engine.viz.attribution.pictures import BWR, attribution_picture, diverging_picture, gray_picture
 from engine.viz.attribution.smoothgrad import noisy_copies
 from tests.synthetic import uniform
-from tests.metrics import rel_err
+from tests.metrics import FIXTURE_CONV, rel_err
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "saliency_reference.npz"
 TINY = pathlib.Path(__file__).parent / "fixtures" / "keras_models" / "tiny_softmax_cnn.h5"
@@ -48,7 +48,7 @@ def image():
 
 @pytest.fixture(scope="module")
 def vgg16(vgg16_full_file):
-    return engine.load(vgg16_full_file)
+    return engine.load(vgg16_full_file, conv=FIXTURE_CONV)
 
 
 @pytest.fixture(scope="module")
