@@ -96,11 +96,14 @@ def test_float64_is_exact_to_rounding():
         assert rel_err(out, expected) < 1e-13
 
 
-@pytest.mark.parametrize("ci, co, expected", [(3, 64, "im2col"), (16, 3, "winograd"),
-                                               (64, 64, "winograd")])
+@pytest.mark.parametrize("ci, co, expected", [(3, 64, "im2col"), (16, 5, "winograd"),
+                                               (64, 64, "winograd"), (64, 3, "direct")])
 def test_choose_algorithm(ci, co, expected):
     chosen = conv.choose_algorithm((3, 3, ci, co), (1, 1), (1, 8, 8, ci), (1, 8, 8, co))
-    assert chosen is {"im2col": conv.conv_im2col_gemm, "winograd": winograd.conv_winograd}[expected]
+    assert chosen is {"im2col": conv.conv_im2col_gemm, "winograd": winograd.conv_winograd,
+                      "direct": conv.direct.conv_direct}[expected]
+    assert conv.choose_algorithm((3, 3, ci, co), (1, 1), (1, 8, 8, ci), (1, 8, 8, co),
+                                 algorithm="gemm") is conv.conv_im2col_gemm
     assert conv.choose_algorithm((5, 5, 64, 64), (2, 2), (1, 8, 8, 64), (1, 8, 8, 64)) \
         is conv.conv_im2col_gemm
 
@@ -164,9 +167,9 @@ def test_kernel_transform_cached_only_when_read_only():
 
 def test_read_only_kernels_and_inputs_are_accepted():
     rng = np.random.default_rng(2)
-    x, kernel, bias = random_layer(rng, 1, 6, 6, 17, 4)
+    x, kernel, bias = random_layer(rng, 1, 6, 6, 17, 6)
     x.flags.writeable = kernel.flags.writeable = False
-    out = np.empty((1, 6, 6, 4), np.float32)
+    out = np.empty((1, 6, 6, 6), np.float32)
     assert conv.choose_algorithm(kernel.shape, (1, 1), x.shape, out.shape, True) \
         is winograd.conv_winograd
     cpu.conv2d_forward(x, kernel, bias, (1, 1), False, out)
