@@ -85,7 +85,8 @@ def target_classes(classes, n_images: int, n_classes: int):
     return values
 
 
-def _check_layer(model, layer: str, x) -> None:
+def check_layer(model, layer: str, x) -> None:
+    """A one-line error unless ``layer`` has a spatial output (h, w, C) for inputs like ``x``."""
     index = model.layer_index(layer)
     shape = model.output_shapes(x.shape[1:3])[index]
     if len(shape) != 3 or layer == "logits":
@@ -108,7 +109,7 @@ def layer_gradients(model, x, classes=None, layer: str = "block5_conv3", score: 
     width = n_classes(model)
     x = model.check_input(x)
     wanted = target_classes(classes, x.shape[0], width)
-    _check_layer(model, layer, x)
+    check_layer(model, layer, x)
     last = model.layers[-1]
     if score == "probability" and last.activation not in ("softmax", "sigmoid"):
         raise ConvscopeError(

@@ -12,7 +12,7 @@ import numpy as np
 
 from engine.preprocess import resize
 from engine.viz.attribution.base import Attribution, channel_map, gradient_batches, prepare
-from engine.viz.cam import _check_layer, weighted_map
+from engine.viz.cam import check_layer, weighted_map
 from engine.viz.gradcam import grad_cam_weights
 
 
@@ -25,7 +25,7 @@ def upsample(heatmaps, shape) -> np.ndarray:
 def guided_grad_cam(model, x, classes=None, layer: str = "block5_conv3", batch=16, progress=None) -> Attribution:
     """Guided backprop x upsampled Grad-CAM of ``layer`` for each image's class logit."""
     x, wanted, batch = prepare(model, x, classes, batch)
-    _check_layer(model, layer, x)
+    check_layer(model, layer, x)
     n = x.shape[0]
     guided = np.empty(x.shape, dtype=np.float32)
     heatmaps, found, scores, probabilities = [], [], [], []
