@@ -22,8 +22,9 @@ from engine.errors import ConvscopeError
 from engine.viz.attribution import attribute, guided_grad_cam, integrated_gradients, smoothgrad
 from engine.viz.attribution import guided_backprop, vanilla_gradient
 from engine.viz.attribution.integrated import black_baseline, quadrature
-from engine.viz.attribution.pictures import BWR, attribution_picture, diverging_picture, gray_picture
+from engine.viz.attribution.pictures import attribution_picture, diverging_picture, gray_picture
 from engine.viz.attribution.smoothgrad import noisy_copies
+from engine.viz.colormaps import BWR
 from tests.synthetic import uniform
 from tests.metrics import FIXTURE_CONV, rel_err
 

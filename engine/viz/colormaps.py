@@ -8,9 +8,13 @@ table. We embed every 8th entry of that table (and the last) and interpolate lin
 them; the result stays within 2/255 of matplotlib's table everywhere, which is below what an
 8-bit picture can show (``tests/test_activations.py`` checks entries between the knots).
 
-Shapes: a table is (256, 3) float32 RGB in 0..1. ``apply_colormap`` takes a map of any shape with
-values in 0..1 and returns uint8 RGB with one more axis of length 3; ``overlay`` takes an
-(H, W, 3) uint8 photo and an (H, W) heatmap in 0..1. Nothing here reads or writes files.
+``BWR`` is matplotlib's diverging ``bwr`` (linear from blue (0, 0, 1) through white to red
+(1, 0, 0)), kept as the uint8 table the signed attribution pictures index directly.
+
+Shapes: a table is (256, 3) float32 RGB in 0..1 (``BWR``: uint8 0..255). ``apply_colormap``
+takes a map of any shape with values in 0..1 and returns uint8 RGB with one more axis of length 3;
+``overlay`` takes an (H, W, 3) uint8 photo and an (H, W) heatmap in 0..1. Nothing here reads or
+writes files.
 """
 
 import numpy as np
@@ -64,6 +68,17 @@ def _viridis_table() -> np.ndarray:
 COLORMAPS = {"jet": _jet_table(), "viridis": _viridis_table()}
 for _table in COLORMAPS.values():
     _table.flags.writeable = False
+
+
+def _bwr_table() -> np.ndarray:
+    x = np.linspace(0.0, 1.0, 256)
+    points = ((0.0, 0.5, 1.0), {"red": (0, 1, 1), "green": (0, 1, 0), "blue": (1, 1, 0)})
+    table = np.stack([np.interp(x, points[0], points[1][c]) for c in ("red", "green", "blue")], axis=1)
+    return np.rint(table * 255).astype(np.uint8)
+
+
+BWR = _bwr_table()
+BWR.flags.writeable = False
 
 
 def colormap(name: str) -> np.ndarray:

@@ -4,8 +4,8 @@
   99th percentile of the map (larger values clipped), as in Smilkov et al.'s SmoothGrad code
   (``VisualizeImageGrayscale``).
 * Signed maps (integrated gradients): diverging blue-white-red, white = 0, full red / blue at
-  +/- the 99th percentile of |map|. The table is matplotlib's ``bwr`` (linear from (0, 0, 1)
-  through white to (1, 0, 0)), indexed as ``engine.viz.colormaps.to_index`` does.
+  +/- the 99th percentile of |map|. The table is matplotlib's ``bwr`` (``engine.viz.colormaps.BWR``),
+  indexed as ``engine.viz.colormaps.to_index`` does.
 
 A percentile of 0 (an all-zero map) gives an all-black or all-white picture, not a division by
 zero. ``clip_scale`` lets a caller take the scale from the map at network resolution and apply it
@@ -14,20 +14,9 @@ to a resized copy.
 
 import numpy as np
 
-from engine.viz.colormaps import to_index
+from engine.viz.colormaps import BWR, to_index
 
 PERCENTILE = 99.0
-
-
-def _bwr_table() -> np.ndarray:
-    x = np.linspace(0.0, 1.0, 256)
-    points = ((0.0, 0.5, 1.0), {"red": (0, 1, 1), "green": (0, 1, 0), "blue": (1, 1, 0)})
-    table = np.stack([np.interp(x, points[0], points[1][c]) for c in ("red", "green", "blue")], axis=1)
-    return np.rint(table * 255).astype(np.uint8)
-
-
-BWR = _bwr_table()
-BWR.flags.writeable = False
 
 
 def clip_scale(values, signed: bool = False, percentile: float = PERCENTILE) -> float:
