@@ -188,12 +188,12 @@ def texture(
 ):
     """Gram-matrix texture synthesis (Gatys et al.), or style transfer with --content."""
     from engine.images import resize_image
-    from engine.viz.texture import _lbfgs, synthesize
+    from engine.viz.texture import require_lbfgs, synthesize
 
     if size < 1 or steps < 1:
         raise ConvscopeError(f"--size {size} and --steps {steps} must be positive")
     if method == Optimizer.lbfgs:
-        _lbfgs()  # a missing scipy fails before any work
+        require_lbfgs()  # a missing scipy fails before any work
     style_rgb = resize_image(load_image(image), (size, size))
     content_rgb = resize_image(load_image(content), (size, size)) if content is not None else None
     default = f"{image.stem}_texture.png" if content is None else f"{content.stem}_as_{image.stem}.png"

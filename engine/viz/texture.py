@@ -73,14 +73,10 @@ def scipy_available() -> bool:
     return True
 
 
-def _lbfgs():
-    try:
-        from scipy.optimize import Bounds, minimize
-    except ImportError:
-        raise ConvscopeError(
-            "L-BFGS needs scipy: pip install 'convscope[texture]' (or use --method adam)"
-        ) from None
-    return minimize, Bounds
+def require_lbfgs() -> None:
+    """A one-line error naming the extra when scipy (L-BFGS) is not installed."""
+    if not scipy_available():
+        raise ConvscopeError("L-BFGS needs scipy: pip install 'convscope[texture]' (or use --method adam)")
 
 
 def texture_objective(targets: dict, hw, content_targets=None, content_weight=0.0, tv_weight=0.0):
@@ -140,7 +136,9 @@ def synthesize(
 
 def _run_lbfgs(model, start, objective, steps, callback):
     """scipy L-BFGS-B on the whole batch as one vector (the samples' losses add up)."""
-    minimize, Bounds = _lbfgs()
+    require_lbfgs()
+    from scipy.optimize import Bounds, minimize
+
     shape = start.shape
     low = np.broadcast_to(CAFFE_BOUNDS[0], shape).ravel().astype(np.float64)
     high = np.broadcast_to(CAFFE_BOUNDS[1], shape).ravel().astype(np.float64)
