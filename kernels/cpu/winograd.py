@@ -5,12 +5,12 @@ Lavin & Gray's minimal filtering: an output tile Y (m x m) of one channel pair i
 9 m^2 / a^2 of a direct convolution's multiplications (2.25x fewer for F(2x2), 4x for F(4x4)).
 Summed over input channels the element-wise product becomes a^2 independent GEMMs:
 
-    (d B)[i, k, t, ci]                    tiles gathered, zero-padded, rows      (parallel Numba)
-    V[k, t, ci] = (B^T d_t B)[k]          columns                                (parallel Numba)
+    (d B)[i, k, t, ci]                    tiles gathered, zero-padded, rows      (Numba)
+    V[k, t, ci] = (B^T d_t B)[k]          columns                                (Numba)
     U[k, ci, co] = (G g G^T)[k]           kernel transform, cached (see below)
     M[k] = V[k] @ U[k]                    a^2 SGEMMs (T x Ci) @ (Ci x Co)        (OpenBLAS)
-    Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform, two passes           (parallel Numba)
-    out[tile t] = [relu](Y + bias)        scattered, ragged edges dropped        (parallel Numba)
+    Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform, two passes           (Numba)
+    out[tile t] = [relu](Y + bias)        scattered, ragged edges dropped        (Numba)
 
 The transforms are separable and applied one axis at a time to every (tile, channel) at once
 (``transform_axis``): each pass is contiguous runs scaled and summed (zero coefficients
@@ -23,7 +23,10 @@ Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile (ty, tx) cove
 ``[ty*m, ty*m+m) x [tx*m, tx*m+m)`` and reads input rows ``ty*m - top ... + a - 1`` (columns
 alike). Input taps outside the image read zero (any pad, any size); outputs past the edge of
 ``out`` (ragged last tiles) are computed and dropped. Work goes in chunks of tiles whose V and M
-stay within ``WORKSPACE_BYTES``, so memory is bounded for any image or batch. m is chosen per
+stay within ``WORKSPACE_BYTES``, so memory is bounded for any image or batch. The chunks run on
+``_threads``' workers, each a whole chunk with serial (``nogil``) Numba kernels and
+single-threaded BLAS, so a chunk's data stays in one core's cache and no thread pool waits for
+another between the six steps. m is chosen per
 image (``tile_size``), so an image's result does not depend on its batch.
 
 The input gradient is the same convolution with the flipped/transposed kernel
@@ -43,14 +46,15 @@ Non-finite inputs spread over the whole tile (inf - inf), unlike a direct convol
 from collections import OrderedDict
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from kernels.cpu import _threads
 from kernels.cpu._types import FLOATS, b1, c_array, i64, per_float, types
 from kernels.cpu.im2col import flipped_transposed
 
-# Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices). See
+# Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
-WORKSPACE_BYTES = 8 << 20
+WORKSPACE_BYTES = 2 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
 
 # --- transform matrices (Lavin & Gray), float64, cast to the data type per call ------------------
@@ -106,7 +110,7 @@ _BLOCK = 512  # values of the innermost axis per work item: a few blocks of it f
         types.void(c_array(src.dtype, 2), src, i64, i64, c_array(src.dtype, 1))
         for src in _maybe_readonly(1)
     ],
-    parallel=True,
+    nogil=True,
     cache=True,
 )
 def transform_axis(mat, src, outer, inner, dst):
@@ -119,7 +123,7 @@ def transform_axis(mat, src, outer, inner, dst):
     """
     r, a = mat.shape
     blocks = -(-inner // _BLOCK)
-    for item in prange(outer * blocks):
+    for item in range(outer * blocks):
         o = item // blocks
         p0 = (item - o * blocks) * _BLOCK
         p1 = min(inner, p0 + _BLOCK)
@@ -149,7 +153,7 @@ def transform_axis(mat, src, outer, inner, dst):
                    c_array(x_type.dtype, 1))
         for x_type in _maybe_readonly(4)
     ],
-    parallel=True,
+    nogil=True,
     cache=True,
 )
 def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
@@ -167,7 +171,7 @@ def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
     plane = tc * ci
     per_image = tiles_h * tiles_w
     flat = x.reshape(-1)
-    for t in prange(tc):
+    for t in range(tc):
         tt = t0 + t
         n = tt // per_image
         rem = tt - n * per_image
@@ -200,22 +204,26 @@ def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
 
 @njit(
     per_float(
-        lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4))
+        lambda f: types.void(
+            c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, i64, c_array(f, 4),
+        )
     ),
-    parallel=True,
+    nogil=True,
     cache=True,
 )
-def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
-    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
+def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, c0, out):
+    """out[n, oy + i, ox + j, c0 + c] = [relu](y[i, j, t, c] + bias[c]) inside out, per tile.
 
-    y is flat, (m, m, tc, co); outputs of ragged edge tiles that fall outside out are dropped.
+    y is flat, (m, m, tc, cw) for the cw = bias.size output channels from c0; outputs of ragged
+    edge tiles that fall outside out are dropped.
     """
     _, ho, wo, co = out.shape
-    tc = y.size // (m * m * co)
-    plane = tc * co
+    cw = bias.size
+    tc = y.size // (m * m * cw)
+    plane = tc * cw
     per_image = tiles_h * tiles_w
     flat = out.reshape(-1)
-    for t in prange(tc):
+    for t in range(tc):
         tt = t0 + t
         n = tt // per_image
         r = tt - n * per_image
@@ -224,14 +232,14 @@ def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
         ox = (r - ty * tiles_w) * m
         for i in range(min(m, ho - oy)):
             for j in range(min(m, wo - ox)):
-                src = (i * m + j) * plane + t * co
-                dst = ((n * ho + oy + i) * wo + ox + j) * co
+                src = (i * m + j) * plane + t * cw
+                dst = ((n * ho + oy + i) * wo + ox + j) * co + c0
                 if relu:
-                    for c in range(co):
+                    for c in range(cw):
                         v = y[src + c] + bias[c]
                         flat[dst + c] = 0 if v < 0 else v  # NaN propagates, as np.maximum
                 else:
-                    for c in range(co):
+                    for c in range(cw):
                         flat[dst + c] = y[src + c] + bias[c]
 
 
@@ -308,28 +316,44 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     u = transformed_kernel(kernel, m, transposed)
     if bias is None:
         bias = np.zeros(co, dtype=out.dtype)
+    elif not bias.flags.writeable:
+        bias = bias.copy()  # co values; the compiled signatures take writable arrays
     per_tile = a * a * (ci + co) * out.itemsize
-    tc = max(1, min(total, WORKSPACE_BYTES // per_tile))
-    chunks = -(-total // tc)
+    workers = _threads.workers()
+    chunks = -(-total * per_tile // WORKSPACE_BYTES)
+    # every chunk reads all of its U (a^2 ci co values): a chunk of fewer than ci co / (ci + co)
+    # tiles moves more kernel than data. Deep layers (few tiles, big U) therefore take all their
+    # tiles in one chunk and split the output channels between the workers instead (each worker
+    # transforms the same input tiles, a small cost there, and reads only its part of U).
+    chunks = max(1, min(chunks, total * (ci + co) // (ci * co)))
+    co_blocks = 1
+    if chunks < workers:
+        chunks, co_blocks = 1, min(workers, max(1, co // 16))
+    elif chunks > workers:
+        chunks = -(-chunks // workers) * workers  # balanced
     tc = -(-total // chunks)
+    cw = -(-co // co_blocks)
     dtype = out.dtype
     bt, at = _BT[m].astype(dtype), _AT[m].astype(dtype)
-    in_a, in_b = np.empty(a * a * tc * ci, dtype), np.empty(a * a * tc * ci, dtype)
-    prod, half = np.empty(a * a * tc * co, dtype), np.empty(a * m * tc * co, dtype)
     top, left = int(pad[0]), int(pad[1])
-    for t0 in range(0, total, tc):
-        size = min(tc, total - t0)
-        p, q = size * ci, size * co
-        d, r = in_a[: a * a * p], in_b[: a * a * p]
+
+    def chunk(item):
+        t0, c0 = item
+        size, width = min(tc, total - t0), min(cw, co - c0)
+        p, q = size * ci, size * width
+        r = _threads.scratch("wino_r", a * a * p, dtype)
+        d = _threads.scratch("wino_d", a * a * p, dtype)
+        mm = _threads.scratch("wino_m", a * a * q, dtype)
+        s = _threads.scratch("wino_s", a * m * q, dtype)
         # V = B^T d B: gathered and transformed along rows, then along columns (separable)
         gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
         transform_axis(bt, r, 1, a * p, d)
-        mm = prod[: a * a * q]
-        np.matmul(d.reshape(a * a, size, ci), u, out=mm.reshape(a * a, size, co))
-        # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
-        s = half[: a * m * q]
+        np.matmul(d.reshape(a * a, size, ci), u[:, :, c0 : c0 + width], out=mm.reshape(a * a, size, width))
+        # Y = A^T M A, likewise; Y (m, m, tile, width) reuses M's buffer
         transform_axis(at, mm, a, q, s)
-        y = prod[: m * m * q]
+        y = mm[: m * m * q]
         transform_axis(at, s, 1, m * q, y)
-        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
+        scatter_tiles(y, bias[c0 : c0 + width], relu, m, tiles_h, tiles_w, t0, c0, out)
+
+    _threads.run_chunks(chunk, [(t0, c0) for t0 in range(0, total, tc) for c0 in range(0, co, cw)])
     return out
