@@ -44,6 +44,24 @@ class Backend:
 
         return cuda.to_device(host)
 
+    def upload(self, array):
+        """A host array of any dtype (indices, masks) on this device, dtype kept; a copy."""
+        host = np.array(array, copy=True, order="C")
+        if self.on_host:
+            return host
+        from numba import cuda
+
+        return cuda.to_device(host)
+
+    def copy_into(self, source, out):
+        """out[...] = source, where out is an array of this backend and source a host array or
+        one of this backend's; returns out."""
+        if self.on_host:
+            np.copyto(out, source)
+        else:
+            out.copy_to_device(np.ascontiguousarray(source) if isinstance(source, np.ndarray) else source)
+        return out
+
     def to_host(self, array, copy: bool = True) -> np.ndarray:
         if self.on_host:
             return np.array(array, copy=True) if copy else array
@@ -82,6 +100,38 @@ class Backend:
         else:
             self.ops.axpy(1.0, addend, total)
         return total
+
+
+class Workspace:
+    """Buffers of one backend reused by every step of a loop, by key: allocated on first use.
+
+    ``buffer(key, shape)`` returns the same array for the same key and shape; ``zeros`` also
+    clears it, on the device (the backend's ``fill`` op: nothing crosses from the host);
+    ``constant(key, host_array)`` copies a host array (any dtype) to the device once.
+    """
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.ops = backend.ops
+        self._arrays = {}
+
+    def buffer(self, key, shape, dtype=None):
+        dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
+        full_key = ("buffer", key, tuple(int(s) for s in shape), dtype.str)
+        array = self._arrays.get(full_key)
+        if array is None:
+            array = self._arrays[full_key] = self.backend.empty(tuple(shape), dtype)
+        return array
+
+    def zeros(self, key, shape):
+        return self.ops.fill(0.0, self.buffer(key, shape))
+
+    def constant(self, key, host_array):
+        full_key = ("constant", key)
+        array = self._arrays.get(full_key)
+        if array is None:
+            array = self._arrays[full_key] = self.backend.upload(host_array)
+        return array
 
 
 def cuda_status() -> tuple[bool, str]:

@@ -141,3 +141,136 @@ def sigmoid_forward(x, out):
 def sigmoid_backward(grad_out, y, grad_in):
     grad_in[...] = grad_out * y * (1.0 - y)
     return grad_in
+
+
+# --- the ops of the optimisation loops (filters, dreams): scores, steps, image moves ----------
+#
+# Scores add ``weight * S_n(x)`` to ``total[n]`` and ``weight * dS_n/dx`` to ``grad`` (both
+# accumulated, so several weighted terms share one loss and one gradient buffer). ``region`` is
+# (y0, y1, x0, x1): the rows and columns of x that count, half-open. Per-sample statistics run
+# over all of a sample's values (axis 0 is the batch).
+
+SCALE_METHODS = ("rms", "mean_abs")
+
+
+def fill(value, out):
+    out[...] = value
+    return out
+
+
+def axpy(alpha, x, y):
+    """y += alpha * x, in y's dtype (as the device kernels compute it)."""
+    y += y.dtype.type(alpha) * x
+    return y
+
+
+def masked_axpy(alpha, scale, x, active, y):
+    """y[n] += alpha * scale[n] * x[n] for every sample n with active[n] != 0."""
+    keep = np.asarray(active) != 0
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    step = alpha * scale.astype(np.float64).reshape(shape) * x
+    y[keep] = (y[keep] + step[keep]).astype(y.dtype)
+    return y
+
+
+def sample_scale(grad, method, eps, out):
+    """out[n] = 1 / (sqrt(mean(grad[n]**2)) + eps) ("rms"), or 1 / max(mean(|grad[n]|), eps)
+    ("mean_abs"): the factor that normalises each sample's gradient."""
+    g = grad.reshape(len(grad), -1).astype(np.float64)
+    if method == "rms":
+        out[...] = 1.0 / (np.sqrt(np.mean(g * g, axis=1)) + eps)
+    elif method == "mean_abs":
+        out[...] = 1.0 / np.maximum(np.mean(np.abs(g), axis=1), eps)
+    else:
+        raise ValueError(f"unknown gradient scale {method!r}: use one of {', '.join(SCALE_METHODS)}")
+    return out
+
+
+def channel_sum(x, index, region, weight, total, grad):
+    """S_n = sum of x[n, region, index[n]] (each sample its own channel); dS_n/dx is 1 there."""
+    y0, y1, x0, x1 = region
+    rows = np.arange(len(x))
+    index = np.asarray(index)
+    window = x[:, y0:y1, x0:x1, :][rows, :, :, index]  # (N, h, w)
+    total += weight * window.reshape(len(x), -1).sum(axis=1, dtype=np.float64)
+    grad_window = grad[:, y0:y1, x0:x1, :]
+    grad_window[rows, :, :, index] += weight
+    return total
+
+
+def square_sum(x, center, region, weight, total, grad):
+    """S_n = sum over region of (x[n] - center)**2; dS_n/dx = 2 (x - center) there."""
+    y0, y1, x0, x1 = region
+    d = x[:, y0:y1, x0:x1, :].astype(np.float64) - center
+    total += weight * (d * d).reshape(len(x), -1).sum(axis=1)
+    grad[:, y0:y1, x0:x1, :] += (2.0 * weight * d).astype(grad.dtype)
+    return total
+
+
+def variation_sum(x, beta, eps, weight, total, grad):
+    """S_n = sum over pixels of (dx**2 + dy**2 + eps)**(beta/2), dx = x[i, j+1] - x[i, j] and
+    dy = x[i+1, j] - x[i, j] (zero on the last column / row): total variation TV^beta."""
+    x = x.astype(np.float64)
+    dx = np.zeros_like(x)
+    dy = np.zeros_like(x)
+    dx[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    dy[:, :-1] = x[:, 1:] - x[:, :-1]
+    s = dx * dx + dy * dy + eps
+    total += weight * np.power(s, beta / 2).reshape(len(x), -1).sum(axis=1)
+    c = beta * np.power(s, beta / 2 - 1)
+    cdx, cdy = c * dx, c * dy
+    g = -(cdx + cdy)
+    g[:, :, 1:] += cdx[:, :, :-1]
+    g[:, 1:] += cdy[:, :-1]
+    grad += (weight * g).astype(grad.dtype)
+    return total
+
+
+def roll(x, shift, out):
+    """out = x shifted circularly by shift = (dy, dx) pixels along H and W (as np.roll)."""
+    out[...] = np.roll(x, tuple(int(s) for s in shift), axis=(1, 2))
+    return out
+
+
+def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) float64 bilinear weights, half-pixel centres, clamped at the edges."""
+    if n_out < 1 or n_in < 1:
+        raise ValueError(f"cannot resize {n_in} pixels to {n_out}")
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    matrix = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(matrix, (rows, i0), 1.0 - frac)
+    np.add.at(matrix, (rows, i1), frac)
+    return matrix
+
+
+def resize_bilinear(x, out):
+    """out = x resized to out's (H, W): bilinear, half-pixel centres, edges clamped, no
+    antialiasing (tf.image.resize); in float64, rounded once to out's dtype."""
+    height, width = out.shape[1:3]
+    if (height, width) == tuple(x.shape[1:3]):
+        out[...] = x
+        return out
+    ry = interpolation_matrix(height, x.shape[1])
+    rx = interpolation_matrix(width, x.shape[2])
+    rows = np.einsum("oh,nhwc->nowc", ry, x.astype(np.float64), optimize=True)
+    out[...] = np.einsum("pw,nowc->nopc", rx, rows, optimize=True)
+    return out
+
+
+def copy_window(x, origin, out):
+    """out = the window of x at origin = (y, x) with out's height and width."""
+    y0, x0 = origin
+    out[...] = x[:, y0 : y0 + out.shape[1], x0 : x0 + out.shape[2], :]
+    return out
+
+
+def add_window(window, origin, out):
+    """out[:, y:y+h, x:x+w] += window, at origin = (y, x)."""
+    y0, x0 = origin
+    out[:, y0 : y0 + window.shape[1], x0 : x0 + window.shape[2], :] += window
+    return out

@@ -8,7 +8,8 @@ Numba's on-disk cache. The thread count is Numba's (``NUMBA_NUM_THREADS``) and B
 package sets neither.
 
 Modules: ``conv`` (public conv ops, algorithm choice) over ``im2col`` (im2col + SGEMM), ``pool``,
-``dense``, ``activations``, with the shared ``epilogue`` (bias + ReLU).
+``dense``, ``activations``, with the shared ``epilogue`` (bias + ReLU); ``elementwise``: the ops of
+the optimisation loops (scores, steps, image moves), NumPy.
 """
 
 from kernels.cpu.activations import (
@@ -21,6 +22,19 @@ from kernels.cpu.activations import (
 )
 from kernels.cpu.conv import conv2d_backward_input, conv2d_forward
 from kernels.cpu.dense import dense_backward_input, dense_forward
+from kernels.cpu.elementwise import (
+    add_window,
+    axpy,
+    channel_sum,
+    copy_window,
+    fill,
+    masked_axpy,
+    resize_bilinear,
+    roll,
+    sample_scale,
+    square_sum,
+    variation_sum,
+)
 from kernels.cpu.pool import maxpool_backward, maxpool_forward
 
 __all__ = [
@@ -36,4 +50,15 @@ __all__ = [
     "softmax_backward",
     "sigmoid_forward",
     "sigmoid_backward",
+    "fill",
+    "axpy",
+    "masked_axpy",
+    "sample_scale",
+    "channel_sum",
+    "square_sum",
+    "variation_sum",
+    "roll",
+    "resize_bilinear",
+    "copy_window",
+    "add_window",
 ]

@@ -1,6 +1,9 @@
 """CUDA backend: every op of ``kernels/reference.py``, same names and signatures, on numba device
 arrays (inputs and an explicit output buffer, which is returned), as ``@cuda.jit`` kernels whose
-launchers derive the grid from the shapes. Also the GPU elementwise helpers of ``elementwise.py``.
+launchers derive the grid from the shapes. Also the ops of the optimisation loops, which keep an
+image batch on the device for a whole run: scores with their gradients and the per-sample gradient
+scale (``scores.py``), the masked step, fill and axpy (``elementwise.py``), and rolls, bilinear
+resizes and windows of image batches (``images.py``).
 
 Layout and conventions are those of ``kernels/__init__.py`` (NHWC float32, C-contiguous; conv
 kernels (kh, kw, c_in, c_out) as cross-correlation; int32 argmax ``dy * pw + dx``).
@@ -25,8 +28,10 @@ from kernels.cuda.conv import (
     dense_backward_input,
     dense_forward,
 )
-from kernels.cuda.elementwise import axpy, scale_by_mean_abs, scale_by_rms
+from kernels.cuda.elementwise import axpy, fill, masked_axpy, scale_by_mean_abs, scale_by_rms
+from kernels.cuda.images import add_window, copy_window, resize_bilinear, roll
 from kernels.cuda.pool import maxpool_backward, maxpool_forward
+from kernels.cuda.scores import channel_sum, sample_scale, square_sum, variation_sum
 from kernels.cuda.softmax import softmax_backward, softmax_forward
 
 
@@ -57,4 +62,14 @@ __all__ = [
     "scale_by_rms",
     "scale_by_mean_abs",
     "axpy",
+    "fill",
+    "masked_axpy",
+    "sample_scale",
+    "channel_sum",
+    "square_sum",
+    "variation_sum",
+    "roll",
+    "resize_bilinear",
+    "copy_window",
+    "add_window",
 ]

@@ -6,11 +6,12 @@ int64, scalars for float math are passed as float32.
 
 from numba import float32, int32, int64
 
-from kernels.cuda import activations, conv, elementwise, pool, softmax
+from kernels.cuda import activations, conv, elementwise, images, pool, scores, softmax
 from kernels.cuda.gemm import DEFAULT_TILE, conv_gemm_kernel
 
 F1, F2, F4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
 I4 = int32[:, :, :, ::1]
+I1, L1 = int32[::1], int64[::1]
 
 
 def kernels():
@@ -34,5 +35,17 @@ def kernels():
         ("scale_by_rms", elementwise.scale_by_rms_kernel, (F2, float32, F2)),
         ("scale_by_mean_abs", elementwise.scale_by_mean_abs_kernel, (F2, float32, F2)),
         ("axpy", elementwise.axpy_kernel, (float32, F1, F1)),
+        ("masked_axpy", elementwise.masked_axpy_kernel, (float32, F1, F1, I1, F1)),
+        ("fill", elementwise.fill_kernel, (float32, F1)),
+        ("channel_sum", scores.channel_sum_kernel, (F4, L1, int64, int64, int64, int64, float32, F2, F4)),
+        ("square_sum", scores.square_sum_kernel, (F4, float32, int64, int64, int64, int64, float32, F2, F4)),
+        ("variation_sum", scores.variation_sum_kernel, (F4, float32, float32, float32, F2, F4)),
+        ("sample_sums", scores.sample_sums_kernel, (F2, int64, F2)),
+        ("add_partials", scores.add_partials_kernel, (F2, float32, F1)),
+        ("scale_from_partials", scores.scale_from_partials_kernel, (F2, float32, int64, float32, F1)),
+        ("roll", images.roll_kernel, (F4, int64, int64, F4)),
+        ("resize_bilinear", images.resize_bilinear_kernel, (F4, F4)),
+        ("copy_window", images.copy_window_kernel, (F4, int64, int64, F4)),
+        ("add_window", images.add_window_kernel, (F4, int64, int64, F4)),
     ]
     return [(name, dispatcher.py_func, argtypes) for name, dispatcher, argtypes in table]

@@ -2,7 +2,15 @@
 
 * ``scale_by_rms(grad, eps, out)``: ``out = g / (sqrt(mean(g**2)) + eps)`` per sample (axis 0);
 * ``scale_by_mean_abs(grad, eps, out)``: ``out = g / (mean(|g|) + eps)`` per sample;
-* ``axpy(alpha, x, y)``: ``y += alpha * x`` (any shape), returns y.
+* ``axpy(alpha, x, y)``: ``y += alpha * x`` (any shape), returns y;
+* ``masked_axpy(alpha, scale, x, active, y)``: ``y[n] += alpha * scale[n] * x[n]`` for the samples
+  with ``active[n] != 0``: the optimisation loops' step, with the per-sample factor of
+  ``scores.sample_scale`` (only the samples no stopping rule froze move);
+* ``fill(value, out)``: every element of out (any shape) set to value.
+
+The loops use ``scores.sample_scale`` + ``masked_axpy`` rather than ``scale_by_rms`` /
+``scale_by_mean_abs``: one pass less over the gradient, a grid that does not shrink to one block
+per sample, and DeepDream's ``max(mean |g|, eps)`` (``scale_by_mean_abs`` adds eps instead).
 
 Per-sample statistics use one block per sample over the flattened sample and a shared-memory
 reduction (``reduce.py``). Same shapes and dtypes in and out; ``out`` may be ``grad`` itself.
@@ -50,6 +58,21 @@ def axpy_kernel(alpha, x, y):
         y[i] += alpha * x[i]
 
 
+@cuda.jit(cache=True)
+def masked_axpy_kernel(alpha, scale, x, active, y):
+    per_sample = x.size // scale.size
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        n = i // per_sample
+        if active[n] != 0:
+            y[i] += alpha * scale[n] * x[i]
+
+
+@cuda.jit(cache=True)
+def fill_kernel(value, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = value
+
+
 def _samples(array):
     return array.reshape(array.shape[0], array.size // array.shape[0])
 
@@ -72,3 +95,16 @@ def axpy(alpha, x, y):
     blocks = blocks_for(x.size, ELEMENTWISE_THREADS)
     axpy_kernel[blocks, ELEMENTWISE_THREADS](float32(alpha), flat(x), flat(y))
     return y
+
+
+def masked_axpy(alpha, scale, x, active, y):
+    """y[n] += alpha * scale[n] * x[n] for each sample n with active[n] != 0 (int32); returns y."""
+    blocks = blocks_for(x.size, ELEMENTWISE_THREADS)
+    masked_axpy_kernel[blocks, ELEMENTWISE_THREADS](float32(alpha), scale, flat(x), active, flat(y))
+    return y
+
+
+def fill(value, out):
+    """out[...] = value; returns out."""
+    fill_kernel[blocks_for(out.size, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS](float32(value), flat(out))
+    return out

@@ -1,0 +1,41 @@
+"""The optimisation loops' ops on the CPU: the NumPy versions of ``kernels/reference.py``.
+
+``fill``, ``axpy``, ``masked_axpy``, ``sample_scale``, the scores ``channel_sum``, ``square_sum``
+and ``variation_sum``, and the image moves ``roll``, ``resize_bilinear``, ``copy_window`` and
+``add_window``: same names and signatures on every backend (``kernels/__init__.py``).
+
+They are whole-array NumPy expressions already (the resize is two small float64 matrix products),
+so the CPU takes the reference's code rather than a second copy of it in Numba. On the CPU the
+loops of ``engine/viz`` keep their host NumPy path (``engine/viz/ascent.py``); of these ops it
+runs ``resize_bilinear`` and ``axpy`` (DeepDream's octaves), whose arithmetic is that path's,
+element for element. The rest serve the backend-op loop when it is asked for on the CPU
+(``gradient_ascent(..., resident=True)``), which the tests compare with the host loop.
+"""
+
+from kernels.reference import (
+    add_window,
+    axpy,
+    channel_sum,
+    copy_window,
+    fill,
+    masked_axpy,
+    resize_bilinear,
+    roll,
+    sample_scale,
+    square_sum,
+    variation_sum,
+)
+
+__all__ = [
+    "fill",
+    "axpy",
+    "masked_axpy",
+    "sample_scale",
+    "channel_sum",
+    "square_sum",
+    "variation_sum",
+    "roll",
+    "resize_bilinear",
+    "copy_window",
+    "add_window",
+]
