@@ -1,9 +1,10 @@
 """Image folders: nearest neighbours, a 2-D embedding, and the patches that excite each channel."""
 
 import contextlib
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import numpy as np
 import typer
@@ -15,8 +16,8 @@ from engine.cli.common import (
 )
 from engine.cli.outputs import check_output, save_image, titled, write_text
 from engine.cli.folder_cache import (
-    FeatureCache, PIXEL_SIDE, PerImage, cache_root, feature_source, folder_files, gather, picture_source,
-    report_gathered, weights_identity,
+    PIXEL_SIDE, Gathered, cache_root, feature_source, folder_files, gather, maxima_source, picture_source,
+    report_gathered, unpack_maxima,
 )
 from engine.cli.features import activation_zoom
 
@@ -89,6 +90,45 @@ def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
     return hw
 
 
+@dataclass
+class FolderFeatures:
+    """What ``folder_features`` found: the model, the layer, the network input (height, width),
+    the layer's receptive field (spatial layers only), the per-image sources (to read more images
+    the same way) and the arrays gathered over the folder."""
+
+    model: object
+    layer: str
+    hw: tuple[int, int]
+    field: object  # engine.viz.receptive.ReceptiveField, or None
+    sources: dict  # {name: PerImage}
+    found: Gathered
+
+
+def folder_features(
+    images: Path, files, layer: Optional[str], size: Optional[int], *, weights: Optional[Path],
+    device: Device, cache_dir: Optional[Path], no_cache: bool, batch: int, sources: Callable,
+    spatial: bool = False,
+) -> FolderFeatures:
+    """The set-up every folder command shares: load the model and pick the layer (``dataset_model``'s
+    default and classifier fallback; ``spatial``: the layer as given, which must have a receptive
+    field), the input size, the cache, and then, over ``files``, every array that
+    ``sources(model, layer, hw, cache root) -> {name: PerImage}`` names (the first is the one the
+    one-line report counts as computed). ``sources`` may raise to refuse before the slow pass."""
+    from engine.viz.receptive import receptive_field
+
+    field = None
+    if spatial:
+        model = load_model(weights, device)
+        field = receptive_field(model, layer)
+    else:
+        model, layer = dataset_model(weights, device, layer)
+    hw = dataset_input_hw(model, size, layer)
+    wanted = sources(model, layer, hw, cache_root(cache_dir, no_cache))
+    found = gather(files, wanted, batch, f"{len(files)} files")
+    report_gathered(found, images)
+    return FolderFeatures(model, layer, hw, field, wanted, found)
+
+
 @command()
 def neighbors(
     query: Annotated[Path, typer.Argument(help="The query image.", show_default=False)],
@@ -122,16 +162,15 @@ def neighbors(
     query_picture = load_image(query, size=(thumb, thumb))  # a bad query fails before the slow load
     files = folder_files(images)
     out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
-    model, layer = dataset_model(weights, device, layer)
-    hw = dataset_input_hw(model, size, layer)
-    root = cache_root(cache_dir, no_cache)
-    wanted = {
-        "features": feature_source(model, root, layer, pooling.value, hw, batch),
-        "pixels": picture_source(root, PIXEL_SIDE),
-    }
-    found = gather(files, wanted, batch, f"{len(files)} files")
-    report_gathered(found, images)
-    mine = gather([query], wanted, strict=True)
+    folder = folder_features(
+        images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
+        batch=batch, sources=lambda model, layer, hw, root: {
+            "features": feature_source(model, root, layer, pooling.value, hw, batch),
+            "pixels": picture_source(root, PIXEL_SIDE),
+        },
+    )
+    layer, found = folder.layer, folder.found
+    mine = gather([query], folder.sources, strict=True)
     exclude = [i for i, path in enumerate(found.paths) if path.resolve() == query.resolve()]
     rows = []
     for what, title, items, q, how in (
@@ -194,15 +233,14 @@ def embed(
     files = folder_files(images)
     out = check_output(out if out is not None else Path(f"embed_{method.value}.png"), overwrite)
     csv_path = check_output(csv_path if csv_path is not None else out.with_suffix(".csv"), overwrite, suffixes={".csv"})
-    model, layer = dataset_model(weights, device, layer)
-    hw = dataset_input_hw(model, size, layer)
-    root = cache_root(cache_dir, no_cache)
-    wanted = {
-        "features": feature_source(model, root, layer, pooling.value, hw, batch),
-        "thumbs": picture_source(root, thumb),
-    }
-    found = gather(files, wanted, batch, f"{len(files)} files")
-    report_gathered(found, images)
+    folder = folder_features(
+        images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
+        batch=batch, sources=lambda model, layer, hw, root: {
+            "features": feature_source(model, root, layer, pooling.value, hw, batch),
+            "thumbs": picture_source(root, thumb),
+        },
+    )
+    layer, found = folder.layer, folder.found
     if len(found.paths) < 2:
         raise ConvscopeError(f"{images}: an embedding needs at least 2 readable images, found {len(found.paths)}")
     if method == EmbedMethod.pca:
@@ -243,32 +281,28 @@ def patches(
     Each image gives at most one patch per channel (its strongest position). Parts of a field
     beyond the image border show the network's zero padding (the ImageNet mean colour).
     """
-    from engine.viz.dataset import image_channel_maxima, patch_tiles, top_patches
+    from engine.viz.dataset import patch_tiles, top_patches
     from engine.viz.filters import parse_filter_spec
     from engine.viz.pictures import enlarge, stitch_grid
-    from engine.viz.receptive import receptive_field
 
     chosen = parse_filter_spec(channels)
     if top < 1 or margin < 0:
         raise ConvscopeError(f"--top {top} must be at least 1 and --margin {margin} not negative")
     files = folder_files(images)
     out = check_output(out if out is not None else Path(f"patches_{layer}.png"), overwrite)
-    model = load_model(weights, device)
-    field = receptive_field(model, layer)
-    hw = dataset_input_hw(model, size, layer)
-    n_channels = model.output_shapes(hw, upto=model.layer_index(layer))[-1][-1]
-    if max(chosen) >= n_channels:
-        raise ConvscopeError(f"channel {max(chosen)} is out of range: {layer} has {n_channels} channels (0 to {n_channels - 1})")
 
-    def maxima(batch_images):  # (B, 3, C) float64: value, row, column
-        values, positions = image_channel_maxima(model, batch_images, layer, batch)
-        return np.concatenate([values[:, None, :].astype(np.float64), positions.transpose(0, 2, 1).astype(np.float64)], axis=1)
+    def maxima(model, layer, hw, root):
+        n_channels = model.output_shapes(hw, upto=model.layer_index(layer))[-1][-1]
+        if max(chosen) >= n_channels:
+            raise ConvscopeError(f"channel {max(chosen)} is out of range: {layer} has {n_channels} channels (0 to {n_channels - 1})")
+        return {"maxima": maxima_source(model, root, layer, hw, batch)}
 
-    cache = FeatureCache(cache_root(cache_dir, no_cache), "channel-maxima", weights_identity(model.path), layer, tuple(hw))
-    found = gather(files, {"maxima": PerImage(cache, (hw[1], hw[0]), maxima)}, batch, f"{len(files)} files")
-    report_gathered(found, images)
-    packed = found.arrays["maxima"]
-    values, positions = packed[:, 0, :], packed[:, 1:, :].transpose(0, 2, 1).astype(np.int64)
+    folder = folder_features(
+        images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
+        batch=batch, sources=maxima, spatial=True,
+    )
+    found, field, hw = folder.found, folder.field, folder.hw
+    values, positions = unpack_maxima(found.arrays["maxima"])
     best = top_patches(values, positions, field, hw, chosen, top)
     sources = {int(i): load_image(found.paths[int(i)], size=(hw[1], hw[0])) for i in np.unique(best.images)}
     tiles = patch_tiles(sources, best, field)

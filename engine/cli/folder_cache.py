@@ -199,6 +199,24 @@ def feature_source(model, root, layer: str, pooling: str, hw, batch: int) -> Per
     return PerImage(cache, (hw[1], hw[0]), lambda images: image_features(model, images, layer, pooling, batch))
 
 
+def maxima_source(model, root, layer: str, hw, batch: int) -> PerImage:
+    """Per image, each channel's largest value in a spatial layer and where it is, packed as one
+    (3, C) float64 array (value, row, column); ``unpack_maxima`` undoes it."""
+    from engine.viz.dataset import image_channel_maxima
+
+    def maxima(images):  # (B, 3, C)
+        values, positions = image_channel_maxima(model, images, layer, batch)
+        return np.concatenate([values[:, None, :].astype(np.float64), positions.transpose(0, 2, 1).astype(np.float64)], axis=1)
+
+    cache = FeatureCache(root, "channel-maxima", weights_identity(model.path), layer, tuple(hw))
+    return PerImage(cache, (hw[1], hw[0]), maxima)
+
+
+def unpack_maxima(packed: np.ndarray):
+    """(values (N, C), positions (N, C, 2) int64 (row, column)) from ``maxima_source``'s (N, 3, C)."""
+    return packed[:, 0, :], packed[:, 1:, :].transpose(0, 2, 1).astype(np.int64)
+
+
 def picture_source(root, side: int) -> PerImage:
     """The images themselves at side x side (uint8): pixel vectors and thumbnails."""
     return PerImage(FeatureCache(root, "pixels", side), (side, side), lambda images: images)
