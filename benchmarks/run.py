@@ -56,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--layer-size", type=int, default=None, help="image size for the layers section")
     p.add_argument("--pause", type=float, default=0.02, help="seconds between two timed calls")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest relative error timed")
+    p.add_argument("--filters", default=None,
+                   help="techniques: LAYER,COUNT,SIZE,STEPS[,K]; the frameworks run the first K filters "
+                        "one at a time and their time is scaled to COUNT (e.g. block3_conv1,200,128,20,20)")
+    p.add_argument("--dream", default=None, help="techniques: SIZE,OCTAVES,STEPS (e.g. 512,4,20)")
+    p.add_argument("--technique-reps", type=int, default=None, help="timed repetitions of each technique")
     args = p.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
@@ -69,9 +74,22 @@ def parse_args(argv=None):
     args.sections = [s for s in SECTIONS if s in args.only.split(",")]
     args.contenders = [c for c in args.contenders.split(",") if c]
     # techniques: (filters: layer, count, size, steps), (dream: size, octaves, steps)
-    args.filters = ("block3_conv1", 2, 32, 2) if quick else ("block5_conv1", 4, 128, 10)
-    args.dream = (96, 1, 1) if quick else (224, 3, 10)
-    args.technique_reps = 1 if quick else 3
+    if args.filters:
+        layer, *numbers = args.filters.split(",")
+        if len(numbers) not in (3, 4) or not all(n.isdigit() and int(n) > 0 for n in numbers):
+            p.error(f"--filters {args.filters!r}: expected LAYER,COUNT,SIZE,STEPS[,K] with positive numbers")
+        count, size, steps = map(int, numbers[:3])
+        args.filters = (layer, count, size, steps, min(count, int(numbers[3]) if len(numbers) == 4 else count))
+    else:
+        args.filters = ("block3_conv1", 2, 32, 2, 2) if quick else ("block5_conv1", 4, 128, 10, 4)
+    if args.dream:
+        numbers = args.dream.split(",")
+        if len(numbers) != 3 or not all(n.isdigit() and int(n) > 0 for n in numbers):
+            p.error(f"--dream {args.dream!r}: expected SIZE,OCTAVES,STEPS with positive numbers")
+        args.dream = tuple(map(int, numbers))
+    else:
+        args.dream = (96, 1, 1) if quick else (224, 3, 10)
+    args.technique_reps = args.technique_reps or (1 if quick else 3)
     args.startup_size = 32 if quick else 224
     args.memory_size, args.memory_batch = max(args.sizes), max(args.batches)
     return args
