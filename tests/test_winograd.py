@@ -177,8 +177,9 @@ def test_read_only_kernels_and_inputs_are_accepted():
     assert rel_err(out, expected) < 1e-5
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["forward", "transposed"])
 @pytest.mark.parametrize("shape", [(1, 30, 30, 24, 40), (2, 6, 6, 64, 96)], ids=["many-tiles", "deep"])
-def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape):
+def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, transposed):
     """Chunks of tiles, or blocks of output channels for deep layers, on 1, 2 or 3 workers: the
     same arithmetic per output, so the same bits (and the reference's values)."""
     from kernels.cpu import _threads
@@ -188,14 +189,22 @@ def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape):
     x, kernel, bias = random_layer(rng, n, h, w, ci, co)
     kernel.flags.writeable = False
     monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 64 << 10)  # several chunks at these sizes
+    if transposed:  # the input gradient: grad_out has co channels, the result ci
+        x = rng.standard_normal((n, h, w, co)).astype(np.float32)
     results = []
     for count in (1, 2, 3):
         monkeypatch.setattr(_threads, "workers", lambda count=count: count)
-        out = np.full((n, h, w, co), np.nan, np.float32)
-        winograd.conv_winograd(x, kernel, bias, (1, 1), True, out)
+        out = np.full((n, h, w, ci if transposed else co), np.nan, np.float32)
+        if transposed:
+            winograd.conv_winograd(x, kernel, None, (1, 1), False, out, True)
+        else:
+            winograd.conv_winograd(x, kernel, bias, (1, 1), True, out)
         results.append(out)
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
-    expected = ref.conv2d_forward(x.astype(np.float64), kernel.astype(np.float64),
-                                  bias.astype(np.float64), (1, 1), True, np.empty(results[0].shape))
+    x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
+    if transposed:
+        expected = ref.conv2d_backward_input(x64, k64, (1, 1), np.empty(results[0].shape))
+    else:
+        expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), True, np.empty(results[0].shape))
     assert rel_err(results[0], expected) < TOL[4]
