@@ -33,18 +33,19 @@ def engine_module(name):
 # ------------------------------------------------------------------------------------ filters
 
 
-def filters_one_at_a_time(outputs, layer, starts, filters, steps, step_size=1.0):
-    """The Keras example per filter: float64 images (n, S, S, 3) after ``steps`` steps."""
+def filters_one_at_a_time(outputs, layer, starts, filters, steps, step_size=1.0, device="cpu"):
+    """The Keras example per filter: float64 images (n, S, S, 3) after ``steps`` steps; the
+    network runs on torch ``device`` (where ``outputs``' module lives), the image stays in NumPy."""
     import torch
 
     images = []
     for start, f in zip(starts, filters):
         x = np.array(start[None], dtype=np.float64)
         for _ in range(steps):
-            xt = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+            xt = torch.tensor(x, dtype=torch.float32, device=device, requires_grad=True)
             loss = outputs(xt)[layer][..., int(f)].mean()
             (g,) = torch.autograd.grad(loss, xt)
-            g = (g / (torch.sqrt(torch.mean(torch.square(g))) + 1e-5)).numpy()
+            g = (g / (torch.sqrt(torch.mean(torch.square(g))) + 1e-5)).cpu().numpy()
             x += g * step_size
             if float(loss.detach()) <= 0.0:
                 break
@@ -76,11 +77,12 @@ def _resize(x, shape):
     return out.permute(0, 2, 3, 1).float().contiguous()
 
 
-def dream_reference(outputs, img, layers, octaves, octave_scale, steps, step_size):
-    """The Keras deep_dream example with torch autograd; img NHWC float32 numpy."""
+def dream_reference(outputs, img, layers, octaves, octave_scale, steps, step_size, device="cpu"):
+    """The Keras deep_dream example with torch autograd; img NHWC float32 numpy; the image and
+    the network live on torch ``device``."""
     import torch
 
-    original = torch.as_tensor(np.asarray(img, dtype=np.float32))
+    original = torch.as_tensor(np.asarray(img, dtype=np.float32), device=device)
     side = original.shape[1:3]
     shapes = [tuple(int(d / octave_scale**i) for d in side) for i in range(octaves)][::-1]
     shrunk = _resize(original, shapes[0])
@@ -99,7 +101,7 @@ def dream_reference(outputs, img, layers, octaves, octave_scale, steps, step_siz
         same_size = _resize(original, shape)
         x = x + (same_size - _resize(shrunk, shape))
         shrunk = same_size
-    return x.detach().numpy()
+    return x.detach().cpu().numpy()
 
 
 def engine_dream(model, img, layers, octaves, octave_scale, steps, step_size):
