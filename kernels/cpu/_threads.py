@@ -6,8 +6,9 @@ layer) and splits every small GEMM across cores. Here instead the work is cut in
 chunks and each worker thread takes whole chunks: its Numba kernels are compiled serial with
 ``nogil=True``, and its BLAS calls run single-threaded in that thread
 (``openblas_set_num_threads_local(1)``, OpenBLAS 0.3.27+, which NumPy bundles), so a chunk's
-data stays in its core's cache and nothing is handed over. Results do not depend on the number
-of workers or on which worker runs a chunk: every chunk does the same arithmetic.
+data stays in its core's cache and nothing is handed over. Callers cut the work by shapes alone,
+never by the number of workers, so results do not depend on how many workers there are or on
+which one runs a chunk.
 
 Workers: Numba's thread count (``NUMBA_NUM_THREADS``, the usable cores by default). Where the
 OpenBLAS function is not found (another BLAS), the workers still run but each BLAS call may use

@@ -287,6 +287,10 @@ def transformed_kernel(kernel, m, transposed):
     return u
 
 
+# Deep layers with fewer tile chunks than this split their output channels into this many blocks
+# (of at least 64 channels), so that two to four workers all have work.
+CO_BLOCKS = 4
+
 # F(4x4) needs at least this many tiles per image to keep its a^2 GEMMs from being too thin for
 # BLAS; below it (VGG16's 14x14 and 8x8 layers) F(2x2)'s 4x as many tiles win. Per image, not per
 # batch: an image's result must not depend on the batch it is in (same m, same arithmetic).
@@ -319,20 +323,17 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     elif not bias.flags.writeable:
         bias = bias.copy()  # co values; the compiled signatures take writable arrays
     per_tile = a * a * (ci + co) * out.itemsize
-    workers = _threads.workers()
+    # Work items depend on the shapes only, never on the number of workers, so every machine
+    # does the same arithmetic (BLAS picks its kernels by matrix size).
     chunks = -(-total * per_tile // WORKSPACE_BYTES)
     # every chunk reads all of its U (a^2 ci co values): a chunk of fewer than ci co / (ci + co)
-    # tiles moves more kernel than data. Deep layers (few tiles, big U) therefore take all their
-    # tiles in one chunk and split the output channels between the workers instead (each worker
-    # transforms the same input tiles, a small cost there, and reads only its part of U).
+    # tiles moves more kernel than data. Deep layers (few tiles, big U) therefore take few chunks
+    # and split the output channels into blocks instead (each block transforms the same input
+    # tiles, a small cost there, and reads only its part of U).
     chunks = max(1, min(chunks, total * (ci + co) // (ci * co)))
-    co_blocks = 1
-    if chunks < workers:
-        chunks, co_blocks = 1, min(workers, max(1, co // 16))
-    elif chunks > workers:
-        chunks = -(-chunks // workers) * workers  # balanced
+    co_blocks = min(CO_BLOCKS, max(1, co // 64)) if chunks < CO_BLOCKS else 1
     tc = -(-total // chunks)
-    cw = -(-co // co_blocks)
+    cw = -(-co // (co_blocks * 16)) * 16  # whole 16-column panels
     dtype = out.dtype
     bt, at = _BT[m].astype(dtype), _AT[m].astype(dtype)
     top, left = int(pad[0]), int(pad[1])
