@@ -29,6 +29,14 @@ the TensorFlow tutorial's random circular shift of the image before each gradien
 the tutorial needs it to hide tile seams, which exact windows do not have, so it is off by
 default (it acts as jitter). Tiling needs 'same' convolutions and non-overlapping pooling (VGG).
 
+On the CUDA backend the whole octave loop stays on the device: the photo is copied there once,
+the octave resizes are the backend's ``resize_bilinear`` kernel, each octave's ascent keeps the
+batch on the device (``ascent.gradient_ascent`` with a device batch), the dream loss and its
+gradient are score kernels on the activations (windows cut and added back by kernels when
+tiling), the roll is the ``roll`` kernel, and the detail re-injection is two ``axpy``. Per step
+only the N losses come to the host; the dream comes back at the end. On the CPU the same loop
+runs on host arrays with the NumPy arithmetic the reference tests are calibrated on.
+
 Shapes: NHWC float32 (caffe space); every image of a batch is dreamed independently.
 """
 
@@ -40,7 +48,7 @@ from engine.errors import ConvscopeError
 from engine.model import layer_output_shape
 from engine.viz import objectives
 from engine.viz.ascent import gradient_ascent, objective_gradient
-from engine.viz.objectives import INPUT, Objective
+from engine.viz.objectives import INPUT, Accumulator, Objective
 from engine.viz.resize import resize_bilinear
 
 DEFAULT_LAYERS = {"block4_conv3": 1.0, "block5_conv1": 0.5}
@@ -179,6 +187,56 @@ def dream_gradient(model, x, layers: dict, tile: int = 512):
     return loss.astype(np.float32), grad
 
 
+def _dream_gradient_on(model, x, layers: dict, tile: int, acc: Accumulator, weight: float, grad):
+    """``dream_gradient`` as backend ops on the backend's arrays: adds weight * loss (N,) to
+    ``acc.loss`` and weight * d loss / d x to ``grad``; activations never leave the device.
+
+    One window when x fits in ``tile`` (no geometry needed, any convolution padding); otherwise
+    the windows of ``dream_gradient``, each cut out (``copy_window``), scored on its core and its
+    input gradient added back (``add_window``).
+    """
+    work, ops = acc.work, acc.ops
+    n, h, w, _ = x.shape
+    deepest = max(layers, key=model.layer_index)
+    if h <= tile and w <= tile:
+        trace = model.trace(x, upto=deepest)
+        grads = {}
+        for name, layer_weight in layers.items():
+            a = trace.output(name)
+            _, lh, lw, lc = a.shape
+            region = (BORDER, lh - BORDER, BORDER, lw - BORDER)
+            scale = weight * layer_weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
+            grads[name] = work.zeros(("dream layer", name), a.shape)
+            ops.square_sum(a, 0.0, region, scale, acc.loss, grads[name])
+        ops.axpy(1.0, trace.backward(grads)[INPUT], grad)
+        return
+    strides, halo, align = _geometry(model, deepest)
+    tile = max(align, tile // align * align)
+    full = _layer_shapes(model, (h, w), deepest)
+    least = model.min_input_size()
+    for cy0, cy1 in _cores(h, tile):
+        for cx0, cx1 in _cores(w, tile):
+            wy0, wy1 = _window(cy0, cy1, h, halo, align, least)
+            wx0, wx1 = _window(cx0, cx1, w, halo, align, least)
+            window = work.buffer("dream window", (n, wy1 - wy0, wx1 - wx0, x.shape[3]))
+            ops.copy_window(x, (wy0, wx0), window)
+            trace = model.trace(window, upto=deepest)
+            grads = {}
+            for name, layer_weight in layers.items():
+                s = strides[name]
+                lh, lw, lc = full[name]
+                y0 = max(cy0 // s, BORDER) - wy0 // s
+                y1 = min(cy1 // s if cy1 < h else lh, lh - BORDER) - wy0 // s
+                x0 = max(cx0 // s, BORDER) - wx0 // s
+                x1 = min(cx1 // s if cx1 < w else lw, lw - BORDER) - wx0 // s
+                a = trace.output(name)
+                grads[name] = work.zeros(("dream layer", name, a.shape), a.shape)
+                if y1 > y0 and x1 > x0:
+                    scale = weight * layer_weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
+                    ops.square_sum(a, 0.0, (y0, y1, x0, x1), scale, acc.loss, grads[name])
+            ops.add_window(trace.backward(grads)[INPUT], (wy0, wx0), grad)
+
+
 def dream_objective(model, layers: dict, tile: int = 512, roll: int = 0, seed: int = 0) -> Objective:
     """The dream loss as an input-space objective for ``gradient_ascent``, tiled and rolled.
 
@@ -200,7 +258,19 @@ def dream_objective(model, layers: dict, tile: int = 512, roll: int = 0, seed: i
             g = np.roll(g, (-shift[0], -shift[1]), axis=(1, 2))
         return loss, {INPUT: g}
 
-    return Objective(fn, [INPUT], f"dream({layers}, tile={tile}, roll={roll})")
+    def device(acc, weight):
+        x, ops = acc.acts[INPUT], acc.ops
+        if not roll:
+            _dream_gradient_on(model, x, layers, tile, acc, weight, acc.grads[INPUT])
+            return
+        shift = tuple(int(v) for v in rng.integers(-roll, roll + 1, size=2))
+        rolled = ops.roll(x, shift, acc.work.buffer("dream rolled", x.shape))
+        g = acc.work.zeros("dream grad", x.shape)
+        _dream_gradient_on(model, rolled, layers, tile, acc, weight, g)
+        unrolled = ops.roll(g, (-shift[0], -shift[1]), acc.work.buffer("dream unrolled", x.shape))
+        ops.axpy(1.0, unrolled, acc.grads[INPUT])
+
+    return Objective(fn, [INPUT], f"dream({layers}, tile={tile}, roll={roll})", device)
 
 
 # ------------------------------------------------------------------------------- the octaves
@@ -248,22 +318,26 @@ def deep_dream(
     model.check_input(np.zeros((1, *shapes[0], x.shape[3]), np.float32), upto=deepest)
 
     objective = dream_objective(model, layers, tile=tile, roll=roll, seed=seed)
-    original = x
-    shrunk_original = resize_bilinear(original, shapes[0])
-    img = x
+    backend = model.backend
+    ops = backend.ops
+    original = backend.to_device(x)  # on the device for the whole dream (the CPU: x itself)
+    shrunk_original = resize_bilinear(original, shapes[0], backend)
+    img = original
     result = DreamResult(images=None)
     for octave, shape in enumerate(shapes):
-        img = resize_bilinear(img, shape)
+        img = resize_bilinear(img, shape, backend)
         step_callback = None if callback is None else (lambda step, loss, o=octave: callback(o, step, loss))
         ascent = gradient_ascent(
             model, img, objective, steps=steps, step_size=step_size, normalize="mean_abs",
             eps=1e-7, max_loss=max_loss, seed=seed, callback=step_callback,
         )
         img = ascent.images
-        same_size_original = resize_bilinear(original, shape)
-        img += same_size_original - resize_bilinear(shrunk_original, shape)
+        same_size_original = resize_bilinear(original, shape, backend)
+        # img += same_size_original - resize(shrunk_original), as two exact float32 axpys
+        lost = ops.axpy(-1.0, same_size_original, resize_bilinear(shrunk_original, shape, backend))
+        ops.axpy(-1.0, lost, img)
         shrunk_original = same_size_original
         result.losses.append(ascent.losses)
         result.shapes.append(shape)
-    result.images = img
+    result.images = backend.to_host(img, copy=False)
     return result

@@ -15,6 +15,16 @@ Per-sample targets are real batches: ``channel(layer, [0, 1, 2, 3])`` asks each 
 for its own filter; ``class_logit([65, 18])`` each of two images for its own class.
 
 Arrays are host NumPy arrays, NHWC (dense outputs (N, n)).
+
+Device form. The objectives that filters and DeepDream use (``channel``, ``mean_square``,
+``dream``, ``l2`` around a scalar, ``total_variation``) also state themselves as backend ops, so
+that on the CUDA backend the ascent loop scores activations where they are, on the device:
+``objective.device(acc, weight)`` adds ``weight *`` its per-sample loss to ``acc.loss`` and
+``weight *`` its gradients to ``acc.grads[name]`` (an ``Accumulator``: backend arrays, the
+gradients zero at the start of a step). Sums and scalar multiples of such objectives have a
+device form too; an objective with a term that has none (``class_logit``, ``alpha_norm``, ``l2``
+around an image, any hand-written ``Objective(fn, ...)``) has ``device = None`` and runs on the
+host, as everything does on the CPU (``engine/viz/ascent.py``).
 """
 
 import numpy as np
@@ -22,11 +32,29 @@ import numpy as np
 INPUT = "input"
 
 
+class Accumulator:
+    """Where device-form objectives read one step's activations and add their loss and gradients.
+
+    ``acts``: {name: backend array} of the layers read ("input": the image); ``loss``: (N,)
+    float32 backend array; ``grads``: {name: backend array shaped like acts[name]}, cleared by
+    the loop before the step; ``work``: the run's ``engine.backend.Workspace`` (buffers and
+    uploaded constants that outlive the step); ``ops``: the backend's kernels.
+    """
+
+    def __init__(self, work, acts, loss, grads):
+        self.work = work
+        self.ops = work.ops
+        self.acts = acts
+        self.loss = loss
+        self.grads = grads
+
+
 class Objective:
-    def __init__(self, fn, layers, description=""):
+    def __init__(self, fn, layers, description="", device=None):
         self.fn = fn
         self.layers = tuple(dict.fromkeys(layers))
         self.description = description
+        self.device = device  # device(acc: Accumulator, weight: float), or None (host only)
 
     def __call__(self, acts):
         return self.fn(acts)
@@ -43,7 +71,14 @@ class Objective:
             loss_b, grads_b = other(acts)
             return loss_a + loss_b, _merge(grads_a, grads_b)
 
-        return Objective(fn, self.layers + other.layers, f"{self.description} + {other.description}")
+        device = None
+        if self.device is not None and other.device is not None:
+
+            def device(acc, weight):
+                self.device(acc, weight)
+                other.device(acc, weight)
+
+        return Objective(fn, self.layers + other.layers, f"{self.description} + {other.description}", device)
 
     def __mul__(self, scale):
         scale = float(scale)
@@ -52,7 +87,13 @@ class Objective:
             loss, grads = self(acts)
             return scale * loss, {name: scale * g for name, g in grads.items()}
 
-        return Objective(fn, self.layers, f"{scale:g} * ({self.description})")
+        device = None
+        if self.device is not None:
+
+            def device(acc, weight):
+                self.device(acc, weight * scale)
+
+        return Objective(fn, self.layers, f"{scale:g} * ({self.description})", device)
 
     __rmul__ = __mul__
 
@@ -83,6 +124,11 @@ def _crop(border):
     return slice(border, -border) if border else slice(None)
 
 
+def _region(shape, border):
+    """(y0, y1, x0, x1) of an NHWC shape without ``border`` rows and columns on each side."""
+    return (border, shape[1] - border, border, shape[2] - border)
+
+
 def channel(layer, index, border=0):
     """Mean activation of channel ``index`` (one per sample, or one for all) of a conv layer."""
 
@@ -99,7 +145,17 @@ def channel(layer, index, border=0):
         grad_window[rows, :, :, idx] = 1.0 / window[0].size
         return loss, {layer: grad}
 
-    return Objective(fn, [layer], f"channel({layer}, {index})")
+    key = object()  # this objective's targets, uploaded once per run
+
+    def device(acc, weight):
+        a = acc.acts[layer]
+        n = a.shape[0]
+        idx = acc.work.constant(key, _per_sample(index, n))
+        y0, y1, x0, x1 = _region(a.shape, border)
+        size = (y1 - y0) * (x1 - x0)
+        acc.ops.channel_sum(a, idx, (y0, y1, x0, x1), weight / size, acc.loss, acc.grads[layer])
+
+    return Objective(fn, [layer], f"channel({layer}, {index})", device)
 
 
 def mean_square(layer, border=0):
@@ -115,7 +171,13 @@ def mean_square(layer, border=0):
         grad[:, crop, crop, :] = (2.0 / per_sample) * inner
         return loss, {layer: grad}
 
-    return Objective(fn, [layer], f"mean_square({layer})")
+    def device(acc, weight):
+        a = acc.acts[layer]
+        y0, y1, x0, x1 = _region(a.shape, border)
+        per_sample = (y1 - y0) * (x1 - x0) * a.shape[3]
+        acc.ops.square_sum(a, 0.0, (y0, y1, x0, x1), weight / per_sample, acc.loss, acc.grads[layer])
+
+    return Objective(fn, [layer], f"mean_square({layer})", device)
 
 
 def dream(layers: dict, border=2):
@@ -152,7 +214,14 @@ def l2(center=0.0):
         loss = np.square(x, dtype=np.float64).reshape(len(x), -1).sum(axis=1)
         return loss, {INPUT: 2.0 * x}
 
-    return Objective(fn, [INPUT], "l2")
+    device = None
+    if np.ndim(center) == 0:  # around an image: host only
+
+        def device(acc, weight):
+            x = acc.acts[INPUT]
+            acc.ops.square_sum(x, float(center), _region(x.shape, 0), weight, acc.loss, acc.grads[INPUT])
+
+    return Objective(fn, [INPUT], "l2", device)
 
 
 def alpha_norm(alpha=6.0):
@@ -188,4 +257,7 @@ def total_variation(beta=2.0, eps=1e-8):
         grad[:, 1:] += cdy[:, :-1]
         return loss, {INPUT: grad.astype(acts[INPUT].dtype)}
 
-    return Objective(fn, [INPUT], f"total_variation({beta:g})")
+    def device(acc, weight):
+        acc.ops.variation_sum(acc.acts[INPUT], beta, eps, weight, acc.loss, acc.grads[INPUT])
+
+    return Objective(fn, [INPUT], f"total_variation({beta:g})", device)

@@ -13,43 +13,39 @@ matrices, computed in float64 and rounded once to float32: the result is the cor
 bilinear value, whatever the order of the arithmetic, so it equals PyTorch's float64 resize
 rounded to float32. That matters more than it seems: on a deep ReLU network the input gradient
 is "shattered" (a change of 1e-7 in the input can change it by 1%), so an octave that starts
-from a slightly different resize ends in a visibly different dream. Shapes: NHWC float32 in and out; ``shape`` is (height, width).
+from a slightly different resize ends in a visibly different dream.
+
+The arithmetic is the backends' ``resize_bilinear`` op: NumPy on the CPU (``kernels/reference.py``,
+the matrices above) and a CUDA kernel that computes the same weights per output pixel in float64
+(``kernels/cuda/images.py``), so DeepDream's octaves resize a batch where it lives, on the device
+between octaves. Shapes: NHWC float32 in and out; ``shape`` is (height, width).
 """
 
 import numpy as np
 
-
-def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) float64 bilinear weights, half-pixel centres, clamped at the edges."""
-    if n_out < 1 or n_in < 1:
-        raise ValueError(f"cannot resize {n_in} pixels to {n_out}")
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)
-    i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    matrix = np.zeros((n_out, n_in), dtype=np.float64)
-    rows = np.arange(n_out)
-    np.add.at(matrix, (rows, i0), 1.0 - frac)
-    np.add.at(matrix, (rows, i1), frac)
-    return matrix
+from engine.backend import get_backend
 
 
-def resize_bilinear(x, shape) -> np.ndarray:
-    """Resize an NHWC (or HWC) float batch to ``shape`` = (height, width); same size: a copy."""
-    x = np.asarray(x, dtype=np.float32)
+def resize_bilinear(x, shape, backend="cpu"):
+    """Resize an NHWC (or HWC) float batch to ``shape`` = (height, width); same size: a copy.
+
+    ``backend`` (a name or ``Backend``) is where x lives: host arrays on 'cpu', device arrays on
+    'cuda' (the result is a new array on the same device).
+    """
+    backend = get_backend(backend)
+    on_host = isinstance(x, np.ndarray) or not hasattr(x, "shape")
+    if on_host:
+        x = np.asarray(x, dtype=np.float32)
     single = x.ndim == 3
     if single:
         x = x[None]
     if x.ndim != 4:
         raise ValueError(f"expected an NHWC or HWC array, got shape {x.shape}")
     height, width = (int(s) for s in shape)
-    n, h, w, c = x.shape
-    if (height, width) == (h, w):
-        out = x.copy()
-    else:
-        ry = interpolation_matrix(height, h)
-        rx = interpolation_matrix(width, w)
-        rows = np.einsum("oh,nhwc->nowc", ry, x.astype(np.float64), optimize=True)
-        out = np.ascontiguousarray(np.einsum("pw,nowc->nopc", rx, rows, optimize=True), dtype=np.float32)
+    if height < 1 or width < 1:
+        raise ValueError(f"cannot resize {x.shape[1]}x{x.shape[2]} pixels to {height}x{width}")
+    if on_host:
+        x = np.ascontiguousarray(x)
+    out = backend.empty((x.shape[0], height, width, x.shape[3]))
+    backend.ops.resize_bilinear(x, out)
     return out[0] if single else out

@@ -11,7 +11,17 @@ here each transform states it: ``apply(x, rng) -> (y, state)`` and ``adjoint(g, 
   the same weights.
 
 One random draw per step serves the whole batch. Arrays are host NHWC float32.
+
+On a device backend (``apply_on`` / ``adjoint_on``, used by the ascent loop on CUDA) the batch
+stays on the device where a transform has a kernel: ``jitter`` is the backend's ``roll`` op, which
+moves the same values, so the result equals the host one exactly. ``scale`` and ``rotate`` have
+no device kernel (their adjoint is a scatter, which on a GPU needs float atomics and would give
+different bytes from run to run): on a device backend they copy the batch to the host, resample
+it there and copy it back, at each step and for each adjoint, and say so once with a
+``RuntimeWarning``. The rest of the step stays on the device.
 """
+
+import warnings
 
 import numpy as np
 
@@ -23,18 +33,53 @@ class Transform:
     def adjoint(self, g, state):
         raise NotImplementedError
 
+    # --- on a backend's arrays (the device loop). Without a kernel: the host, explicitly.
+    def apply_on(self, backend, x, rng, out):
+        """Write the transformed x into ``out`` (arrays of ``backend``); return the state."""
+        self._warn_host(backend)
+        y, state = self.apply(backend.to_host(x), rng)
+        backend.copy_into(y.astype(np.float32, copy=False), out)
+        return state
+
+    def adjoint_on(self, backend, g, state, out):
+        """Write the adjoint of the transform applied to g into ``out`` (arrays of ``backend``)."""
+        self._warn_host(backend)
+        backend.copy_into(self.adjoint(backend.to_host(g), state).astype(np.float32, copy=False), out)
+        return out
+
+    def _warn_host(self, backend):
+        if not backend.on_host:
+            warnings.warn(
+                f"{type(self).__name__} has no {backend.name} kernel: it runs on the host, copying the "
+                "image batch there and back at every step",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
 
 class Jitter(Transform):
     def __init__(self, pixels: int):
         self.pixels = int(pixels)
 
+    def _shift(self, rng):
+        return tuple(int(v) for v in rng.integers(-self.pixels, self.pixels + 1, size=2))
+
     def apply(self, x, rng):
-        dy, dx = (int(v) for v in rng.integers(-self.pixels, self.pixels + 1, size=2))
+        dy, dx = self._shift(rng)
         return np.roll(x, (dy, dx), axis=(1, 2)), (dy, dx)
 
     def adjoint(self, g, state):
         dy, dx = state
         return np.roll(g, (-dy, -dx), axis=(1, 2))
+
+    def apply_on(self, backend, x, rng, out):
+        shift = self._shift(rng)
+        backend.ops.roll(x, shift, out)
+        return shift
+
+    def adjoint_on(self, backend, g, state, out):
+        dy, dx = state
+        return backend.ops.roll(g, (-dy, -dx), out)
 
 
 def _bilinear_taps(h, w, matrix):
@@ -115,4 +160,23 @@ def apply_all(transforms, x, rng):
 def adjoint_all(transforms, g, states):
     for t, state in zip(reversed(transforms), reversed(states)):
         g = t.adjoint(g, state)
+    return g
+
+
+def apply_all_on(work, transforms, x, rng):
+    """``apply_all`` on the arrays of ``work.backend`` (an ``engine.backend.Workspace``), each
+    transform writing into its own buffer of the workspace; returns (y, states)."""
+    states = []
+    for i, t in enumerate(transforms):
+        out = work.buffer(("transform", i), x.shape)
+        states.append(t.apply_on(work.backend, x, rng, out))
+        x = out
+    return x, states
+
+
+def adjoint_all_on(work, transforms, g, states):
+    """``adjoint_all`` on the arrays of ``work.backend``; the result is a workspace buffer."""
+    for i in reversed(range(len(transforms))):
+        out = work.buffer(("transform adjoint", i), g.shape)
+        g = transforms[i].adjoint_on(work.backend, g, states[i], out)
     return g
