@@ -44,6 +44,18 @@ def test_every_backend_has_the_loop_ops_with_the_reference_signatures():
             assert inspect.signature(getattr(backend, name)) == expected, (backend.__name__, name)
 
 
+def test_catalog_lists_the_loop_kernels():
+    """benchmarks/ptx_report.py compiles what the catalog lists (and fails on spills)."""
+    from kernels.cuda import catalog, elementwise, images
+
+    listed = {function for _, function, _ in catalog.kernels()}
+    for module in (elementwise, images, scores):
+        kernels_here = [name for name in dir(module) if name.endswith("_kernel")]
+        assert kernels_here
+        for name in kernels_here:
+            assert getattr(module, name).py_func in listed, f"{module.__name__}.{name}"
+
+
 # -- scores: total[n] += weight * S_n, grad += weight * dS_n/dx --------------------------------
 
 

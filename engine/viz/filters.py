@@ -34,6 +34,13 @@ Options for better pictures (all off by default, which gives the example):
   and resampled in float, without the 8-bit quantisation. Unlike that example, the last stage
   also runs its ascent at full size. A filter that stops in one stage stays dropped.
 
+On the CUDA backend each batch of filters is optimised on the device: ``gradient_ascent`` copies
+the start images there once, and the objective (``channel``, with the ``tv`` and ``l2`` penalties),
+the jitter, the normalisation and the masked step all run as kernels; per step only the batch's
+losses come back, and the images at the end of the stage. Scale and rotation transforms have no
+device kernel and run on the host (with a warning), and progressive upscaling resamples on the
+host between stages (PIL bicubic): one copy each way per stage.
+
 Shapes: images NHWC; ``FilterResult.images`` uint8 (k, size, size, c), ``raw`` float32 of the
 same shape, ``filters`` int64 (k,), ``losses`` float32 (k,).
 """
