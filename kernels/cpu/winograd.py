@@ -204,23 +204,19 @@ def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
 
 @njit(
     per_float(
-        lambda f: types.void(
-            c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, i64, c_array(f, 4),
-        )
+        lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4))
     ),
     nogil=True,
     cache=True,
 )
-def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, c0, out):
-    """out[n, oy + i, ox + j, c0 + c] = [relu](y[i, j, t, c] + bias[c]) inside out, per tile.
+def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
+    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
 
-    y is flat, (m, m, tc, cw) for the cw = bias.size output channels from c0; outputs of ragged
-    edge tiles that fall outside out are dropped.
+    y is flat, (m, m, tc, co); outputs of ragged edge tiles that fall outside out are dropped.
     """
     _, ho, wo, co = out.shape
-    cw = bias.size
-    tc = y.size // (m * m * cw)
-    plane = tc * cw
+    tc = y.size // (m * m * co)
+    plane = tc * co
     per_image = tiles_h * tiles_w
     flat = out.reshape(-1)
     for t in range(tc):
@@ -232,14 +228,14 @@ def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, c0, out):
         ox = (r - ty * tiles_w) * m
         for i in range(min(m, ho - oy)):
             for j in range(min(m, wo - ox)):
-                src = (i * m + j) * plane + t * cw
-                dst = ((n * ho + oy + i) * wo + ox + j) * co + c0
+                src = (i * m + j) * plane + t * co
+                dst = ((n * ho + oy + i) * wo + ox + j) * co
                 if relu:
-                    for c in range(cw):
+                    for c in range(co):
                         v = y[src + c] + bias[c]
                         flat[dst + c] = 0 if v < 0 else v  # NaN propagates, as np.maximum
                 else:
-                    for c in range(cw):
+                    for c in range(co):
                         flat[dst + c] = y[src + c] + bias[c]
 
 
@@ -287,10 +283,6 @@ def transformed_kernel(kernel, m, transposed):
     return u
 
 
-# Deep layers with fewer tile chunks than this split their output channels into this many blocks
-# (of at least 64 channels), so that two to four workers all have work.
-CO_BLOCKS = 4
-
 # F(4x4) needs at least this many tiles per image to keep its a^2 GEMMs from being too thin for
 # BLAS; below it (VGG16's 14x14 and 8x8 layers) F(2x2)'s 4x as many tiles win. Per image, not per
 # batch: an image's result must not depend on the batch it is in (same m, same arithmetic).
@@ -320,28 +312,22 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     u = transformed_kernel(kernel, m, transposed)
     if bias is None:
         bias = np.zeros(co, dtype=out.dtype)
-    elif not bias.flags.writeable:
-        bias = bias.copy()  # co values; the compiled signatures take writable arrays
     per_tile = a * a * (ci + co) * out.itemsize
-    # Work items depend on the shapes only, never on the number of workers, so every machine
-    # does the same arithmetic (BLAS picks its kernels by matrix size).
+    # Chunks depend on the shapes only, never on the number of workers, so every machine does the
+    # same arithmetic (BLAS picks its kernels by matrix size). Every chunk reads all of U (a^2 ci
+    # co values): a chunk of fewer than ci co / (ci + co) tiles moves more kernel than data, so
+    # deep layers (few tiles, big U) take one chunk, run by the calling thread with BLAS's own
+    # threads (measured here: faster than splitting their output channels between workers).
     chunks = -(-total * per_tile // WORKSPACE_BYTES)
-    # every chunk reads all of its U (a^2 ci co values): a chunk of fewer than ci co / (ci + co)
-    # tiles moves more kernel than data. Deep layers (few tiles, big U) therefore take few chunks
-    # and split the output channels into blocks instead (each block transforms the same input
-    # tiles, a small cost there, and reads only its part of U).
     chunks = max(1, min(chunks, total * (ci + co) // (ci * co)))
-    co_blocks = min(CO_BLOCKS, max(1, co // 64)) if chunks < CO_BLOCKS else 1
     tc = -(-total // chunks)
-    cw = -(-co // (co_blocks * 16)) * 16  # whole 16-column panels
     dtype = out.dtype
     bt, at = _BT[m].astype(dtype), _AT[m].astype(dtype)
     top, left = int(pad[0]), int(pad[1])
 
-    def chunk(item):
-        t0, c0 = item
-        size, width = min(tc, total - t0), min(cw, co - c0)
-        p, q = size * ci, size * width
+    def chunk(t0):
+        size = min(tc, total - t0)
+        p, q = size * ci, size * co
         r = _threads.scratch("wino_r", a * a * p, dtype)
         d = _threads.scratch("wino_d", a * a * p, dtype)
         mm = _threads.scratch("wino_m", a * a * q, dtype)
@@ -349,12 +335,12 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
         # V = B^T d B: gathered and transformed along rows, then along columns (separable)
         gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
         transform_axis(bt, r, 1, a * p, d)
-        np.matmul(d.reshape(a * a, size, ci), u[:, :, c0 : c0 + width], out=mm.reshape(a * a, size, width))
-        # Y = A^T M A, likewise; Y (m, m, tile, width) reuses M's buffer
+        np.matmul(d.reshape(a * a, size, ci), u, out=mm.reshape(a * a, size, co))
+        # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
         transform_axis(at, mm, a, q, s)
         y = mm[: m * m * q]
         transform_axis(at, s, 1, m * q, y)
-        scatter_tiles(y, bias[c0 : c0 + width], relu, m, tiles_h, tiles_w, t0, c0, out)
+        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
 
-    _threads.run_chunks(chunk, [(t0, c0) for t0 in range(0, total, tc) for c0 in range(0, co, cw)])
+    _threads.run_chunks(chunk, range(0, total, tc))
     return out
