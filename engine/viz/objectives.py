@@ -71,14 +71,12 @@ class Objective:
             loss_b, grads_b = other(acts)
             return loss_a + loss_b, _merge(grads_a, grads_b)
 
-        device = None
-        if self.device is not None and other.device is not None:
+        def device(acc, weight):
+            self.device(acc, weight)
+            other.device(acc, weight)
 
-            def device(acc, weight):
-                self.device(acc, weight)
-                other.device(acc, weight)
-
-        return Objective(fn, self.layers + other.layers, f"{self.description} + {other.description}", device)
+        on_device = device if self.device is not None and other.device is not None else None
+        return Objective(fn, self.layers + other.layers, f"{self.description} + {other.description}", on_device)
 
     def __mul__(self, scale):
         scale = float(scale)
@@ -87,13 +85,11 @@ class Objective:
             loss, grads = self(acts)
             return scale * loss, {name: scale * g for name, g in grads.items()}
 
-        device = None
-        if self.device is not None:
+        def device(acc, weight):
+            self.device(acc, weight * scale)
 
-            def device(acc, weight):
-                self.device(acc, weight * scale)
-
-        return Objective(fn, self.layers, f"{scale:g} * ({self.description})", device)
+        on_device = device if self.device is not None else None
+        return Objective(fn, self.layers, f"{scale:g} * ({self.description})", on_device)
 
     __rmul__ = __mul__
 
@@ -214,14 +210,12 @@ def l2(center=0.0):
         loss = np.square(x, dtype=np.float64).reshape(len(x), -1).sum(axis=1)
         return loss, {INPUT: 2.0 * x}
 
-    device = None
-    if np.ndim(center) == 0:  # around an image: host only
+    def device(acc, weight):
+        x = acc.acts[INPUT]
+        acc.ops.square_sum(x, float(center), _region(x.shape, 0), weight, acc.loss, acc.grads[INPUT])
 
-        def device(acc, weight):
-            x = acc.acts[INPUT]
-            acc.ops.square_sum(x, float(center), _region(x.shape, 0), weight, acc.loss, acc.grads[INPUT])
-
-    return Objective(fn, [INPUT], "l2", device)
+    on_device = device if np.ndim(center) == 0 else None  # around an image: host only
+    return Objective(fn, [INPUT], "l2", on_device)
 
 
 def alpha_norm(alpha=6.0):
