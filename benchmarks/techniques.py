@@ -53,10 +53,11 @@ def filters_one_at_a_time(outputs, layer, starts, filters, steps, step_size=1.0,
     return np.array(images)
 
 
-def engine_filters(model, layer, filters, size, steps, seed=0):
+def engine_filters(model, layer, filters, size, steps, seed=0, batch=32):
+    """The engine's filters, ``batch`` at a time (32: the ``filters`` command's default)."""
     module = engine_module("filters")
     result = module.visualize_filters(
-        model, layer, filters=list(filters), size=size, steps=steps, seed=seed, batch=len(filters)
+        model, layer, filters=list(filters), size=size, steps=steps, seed=seed, batch=min(batch, len(filters))
     )
     return result.raw
 
