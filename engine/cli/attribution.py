@@ -8,13 +8,12 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from engine.cli.common import (
     ClassOpt, Device, DeviceOpt, OutOpt, Overwrite, SaveArray, Score, Seed, Weights, shape_text,
-    class_label, class_names_for, command, echo_top_classes, load_model, network_input, progress,
-    resolve_class, resolve_layer,
+    class_text, command, echo_top_classes, explained_class, load_model, network_input, progress,
+    resolve_layer,
 )
 from engine.cli.outputs import check_array_output, check_output, save_array, save_image
 
@@ -68,8 +67,6 @@ def gradcam(
     array_path: SaveArray = None,
 ):
     """Where the network sees a class: the Grad-CAM heatmap, jet-coloured, blended over the photo."""
-    from engine.images import resize_image
-    from engine.viz.cam import n_classes
     from engine.viz.gradcam import grad_cam
 
     if not 0.0 <= alpha <= 1.0:
@@ -78,20 +75,14 @@ def gradcam(
     out = check_output(out if out is not None else Path(f"{image.stem}_gradcam.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
-    width_classes = n_classes(model)
-    names = class_names_for(width_classes)
-    wanted = resolve_class(klass, width_classes, names) if klass is not None else None
+    names, wanted = explained_class(model, klass)
     resolve_layer(model, layer)
-    height, width = (s or 224 for s in model.input_shape[:2])
-    x = engine.preprocess_input(resize_image(photo, (width, height)))
+    x = network_input(photo, model)
     result = grad_cam(model, x, classes=wanted, layer=layer, score=score.value)
 
-    p = result.probabilities[0]
-    for rank, index in enumerate(np.argsort(-p, kind="stable")[:3], start=1):
-        typer.echo(f"{rank:>3}. {p[index]:.4f}  {class_label(index, names)}")
+    echo_top_classes(result.probabilities[0], names)
     k, heatmap = int(result.classes[0]), result.heatmaps[0]
-    label = f"class {k}" + (f" ({names[k]})" if names is not None else "")
-    typer.echo(f"Grad-CAM of {layer} for {label}: {score.value} {result.scores[0]:.6g}")
+    typer.echo(f"Grad-CAM of {layer} for {class_text(k, names)}: {score.value} {result.scores[0]:.6g}")
     if heatmap.max() == 0:
         typer.echo(f"note: the heatmap is all zeros (no channel of {layer} speaks for class {k})")
     photo_size = (photo.shape[1], photo.shape[0])
@@ -141,7 +132,6 @@ def saliency(
     """Which pixels the class score depends on: gradients, guided backprop, SmoothGrad, integrated gradients, guided Grad-CAM."""
     from engine.viz.attribution import attribute
     from engine.viz.attribution.base import check_count
-    from engine.viz.cam import n_classes
 
     name = method.value
     options = {"batch": check_count(batch, "--batch")}
@@ -157,9 +147,7 @@ def saliency(
     out = check_output(out if out is not None else Path(f"{image.stem}_{name}.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
-    width_classes = n_classes(model)
-    names = class_names_for(width_classes)
-    wanted = resolve_class(klass, width_classes, names) if klass is not None else None
+    names, wanted = explained_class(model, klass)
     if method is SaliencyMethod.guided_gradcam:
         resolve_layer(model, layer)
     x = network_input(photo, model)
@@ -170,7 +158,7 @@ def saliency(
 
     echo_top_classes(result.probabilities[0], names)
     k = int(result.classes[0])
-    typer.echo(f"{name} for {class_label(k, names) if names is None else f'class {k} ({names[k]})'}: logit {result.scores[0]:.6g}")
+    typer.echo(f"{name} for {class_text(k, names)}: logit {result.scores[0]:.6g}")
     if method is SaliencyMethod.integrated:
         change = result.scores[0] - result.baseline_scores[0]
         error = float(result.completeness_error[0])
@@ -214,7 +202,6 @@ def occlusion(
 ):
     """Where hiding the photo hurts the class: the drop in its probability as a grey square slides over it."""
     from engine.viz.attribution.base import check_count
-    from engine.viz.cam import n_classes
     from engine.viz.occlusion import occlusion as occlusion_map
 
     if not 0.0 <= alpha <= 1.0:
@@ -225,9 +212,7 @@ def occlusion(
     out = check_output(out if out is not None else Path(f"{image.stem}_occlusion.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
-    width_classes = n_classes(model)
-    names = class_names_for(width_classes)
-    wanted = resolve_class(klass, width_classes, names) if klass is not None else None
+    names, wanted = explained_class(model, klass)
     x = network_input(photo, model)
     start = time.perf_counter()
     with progress("occlusion") as update:
@@ -239,7 +224,7 @@ def occlusion(
     k, drops, heatmap = int(result.classes[0]), result.drops[0], result.heatmaps[0]
     i, j = np.unravel_index(int(np.argmax(drops)), drops.shape)
     typer.echo(
-        f"occlusion for {class_label(k, names) if names is None else f'class {k} ({names[k]})'}: probability {p[k]:.4f}; "
+        f"occlusion for {class_text(k, names)}: probability {p[k]:.4f}; "
         f"{drops.size} positions ({drops.shape[0]} x {drops.shape[1]}) of a {window} px square"
     )
     typer.echo(

@@ -237,8 +237,23 @@ def resolve_class(value: str, n_classes: int, names=None) -> int:
     raise ConvscopeError(f"unknown class {value!r}: give a class index 0 to {n_classes - 1} or an ImageNet class name")
 
 
+def explained_class(model, klass: Optional[str]):
+    """(class names or None, the --class index or None: each image's top class) for a command that
+    explains one class; a one-line error for a file without the classifier."""
+    from engine.viz.cam import n_classes
+
+    width = n_classes(model)
+    names = class_names_for(width)
+    return names, (resolve_class(klass, width, names) if klass is not None else None)
+
+
 def class_label(index: int, names=None) -> str:
     return names[index] if names is not None else f"class {index}"
+
+
+def class_text(index: int, names=None) -> str:
+    """'class 281 (tabby)', or 'class 281' without names."""
+    return f"class {index}" + (f" ({names[index]})" if names is not None else "")
 
 
 def shape_text(shape) -> str:

@@ -18,8 +18,8 @@ import engine
 from engine.images import load_image
 from engine.cli.attribution import heatmap_picture, occlusion_unit, saliency_picture
 from engine.cli.common import (
-    ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_names_for, command, load_model,
-    network_input, progress, require_classifier, resolve_class, shape_text,
+    ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_text, command, explained_class,
+    load_model, network_input, progress, require_classifier, shape_text,
 )
 from engine.cli.features import activation_picture
 from engine.cli.outputs import check_output, write_text
@@ -113,7 +113,6 @@ def report(
     """One self-contained HTML page about a photo: predictions, Grad-CAM, saliency, occlusion, activations, a dream."""
     from engine.viz.activations import activation_maps, default_layers as activation_layers
     from engine.viz.attribution import attribute
-    from engine.viz.cam import n_classes
     from engine.viz.dream import deep_dream, default_layers as dream_layers
     from engine.viz.gradcam import grad_cam
     from engine.viz.occlusion import occlusion as occlusion_map
@@ -123,9 +122,7 @@ def report(
     out = check_output(out if out is not None else Path(f"{image.stem}_report.html"), overwrite, suffixes=HTML_SUFFIXES)
     model = load_model(weights, device, need_top=True)
     require_classifier(model, "report")
-    width_classes = n_classes(model)
-    names = class_names_for(width_classes)
-    wanted = resolve_class(klass, width_classes, names) if klass is not None else None
+    names, wanted = explained_class(model, klass)
     x = network_input(photo, model)
     start = time.perf_counter()
     sections, timings = [], {}
@@ -149,7 +146,7 @@ def report(
         layer = settings["gradcam_layer"]
         cam = grad_cam(model, x, classes=wanted, layer=layer, score=settings["score"])
         k = int(cam.classes[0])
-        explained = f"class {k}" + (f" ({names[k]})" if names is not None else "")
+        explained = class_text(k, names)
         heatmap = cam.heatmaps[0]
         sections.append(section(
             "gradcam", "Grad-CAM", figure(heatmap_picture(photo, heatmap, settings["alpha"]),
