@@ -10,7 +10,7 @@ import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from engine.cli.common import (
-    Device, DeviceOpt, Weights, shape_text, class_label, class_names_for, command, load_model,
+    Device, DeviceOpt, Weights, shape_text, class_label, class_names_for, command, input_hw, load_model,
     require_classifier,
     resolve_class, resolve_layer,
 )
@@ -29,16 +29,13 @@ def info(
 ):
     """The network layer by layer: kind, output shape, parameters; totals and where it came from."""
     model = load_model(weights)
-    if size is not None and size < 1:
-        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
-    fixed = model.input_shape[:2]
-    hw = (size, size) if size is not None else (fixed if fixed[0] else (224, 224))
+    hw = input_hw(model, size)
     rows = model.summary(input_size=hw)
     if layer:
         wanted = [resolve_layer(model, name) for name in layer]
         rows = [row for row in rows if row[0] in wanted]
 
-    channels = model.input_shape[2]
+    fixed, channels = model.input_shape[:2], model.input_shape[2]
     free = "any size" if fixed[0] is None else f"fixed {shape_text(fixed)}"
     typer.echo(f"weights: {model.path}")
     typer.echo(f"layout:  {model.spec.source}")

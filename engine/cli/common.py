@@ -280,6 +280,14 @@ ClassOpt = Annotated[
 ]
 
 
+def input_hw(model, size: Optional[int]) -> tuple[int, int]:
+    """(height, width) of the network input: --size, else the file's fixed size, else 224."""
+    if size is not None and size < 1:
+        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
+    fixed = model.input_shape[:2]
+    return (size, size) if size is not None else (fixed if fixed[0] else (224, 224))
+
+
 def network_input(photo: np.ndarray, model) -> np.ndarray:
     """The photo as the classifier sees it: resized to its input size (224), caffe-preprocessed."""
     from engine.images import resize_image

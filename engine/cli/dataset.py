@@ -12,7 +12,7 @@ import typer
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from engine.cli.common import (
-    Device, DeviceOpt, OutOpt, Overwrite, Seed, Weights, command, load_model, resolve_layer,
+    Device, DeviceOpt, OutOpt, Overwrite, Seed, Weights, command, input_hw, load_model, resolve_layer,
 )
 from engine.cli.outputs import check_output, save_image, titled, write_text
 from engine.cli.folder_cache import (
@@ -81,11 +81,8 @@ def dataset_model(weights: Optional[Path], device: Device, layer: Optional[str])
 
 
 def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
-    """(height, width) of the network input, checked to fit the layers up to ``layer``."""
-    if size is not None and size < 1:
-        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
-    fixed = model.input_shape[:2]
-    hw = (size, size) if size is not None else (fixed if fixed[0] else (224, 224))
+    """(height, width) of the network input (``input_hw``), checked to fit the layers up to ``layer``."""
+    hw = input_hw(model, size)
     model.output_shapes(hw, upto=model.layer_index(layer))
     return hw
 
