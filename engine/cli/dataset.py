@@ -87,6 +87,15 @@ def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
     return hw
 
 
+def pooled_features(pooling: str, batch: int, pictures: dict) -> Callable:
+    """``folder_features``' sources for neighbours and embeddings: the layer's features pooled
+    with ``pooling``, and the images themselves at {name: side}."""
+    return lambda model, layer, hw, root: {
+        "features": feature_source(model, root, layer, pooling, hw, batch),
+        **{name: picture_source(root, side) for name, side in pictures.items()},
+    }
+
+
 @dataclass
 class FolderFeatures:
     """What ``folder_features`` found: the model, the layer, the network input (height, width),
@@ -161,10 +170,7 @@ def neighbors(
     out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
     folder = folder_features(
         images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
-        batch=batch, sources=lambda model, layer, hw, root: {
-            "features": feature_source(model, root, layer, pooling.value, hw, batch),
-            "pixels": picture_source(root, PIXEL_SIDE),
-        },
+        batch=batch, sources=pooled_features(pooling.value, batch, {"pixels": PIXEL_SIDE}),
     )
     layer, found = folder.layer, folder.found
     mine = gather([query], folder.sources, strict=True)
@@ -232,10 +238,7 @@ def embed(
     csv_path = check_output(csv_path if csv_path is not None else out.with_suffix(".csv"), overwrite, suffixes={".csv"})
     folder = folder_features(
         images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
-        batch=batch, sources=lambda model, layer, hw, root: {
-            "features": feature_source(model, root, layer, pooling.value, hw, batch),
-            "thumbs": picture_source(root, thumb),
-        },
+        batch=batch, sources=pooled_features(pooling.value, batch, {"thumbs": thumb}),
     )
     layer, found = folder.layer, folder.found
     if len(found.paths) < 2:
