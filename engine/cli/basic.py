@@ -26,9 +26,10 @@ def info(
     layer: Annotated[
         Optional[list[str]], typer.Option("--layer", "-l", help="Show only this layer (repeatable).")
     ] = None,
+    device: DeviceOpt = Device.cpu,
 ):
     """The network layer by layer: kind, output shape, parameters; totals and where it came from."""
-    model = load_model(weights)
+    model = load_model(weights, device)
     hw = input_hw(model, size)
     rows = model.summary(input_size=hw)
     if layer:

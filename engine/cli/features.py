@@ -119,16 +119,19 @@ def show_weights(
         bool, typer.Option("--rgb", help="The network reads RGB (default: BGR, as VGG16's caffe weights).")
     ] = False,
     weights: Weights = None,
+    device: DeviceOpt = Device.cpu,
     out: OutOpt = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):
-    """The kernels themselves: first layer as colour tiles, deeper layers as filter x input grids."""
+    """The kernels themselves: first layer as colour tiles, deeper layers as filter x input grids.
+
+    Nothing is computed; ``--device`` is where the weights are loaded (checked like everywhere)."""
     from engine.viz.kernels_view import view_kernels
 
     out = check_output(out if out is not None else Path(f"weights_{layer}.png"), overwrite)
     check_array_output(array_path, overwrite)
-    model = load_model(weights)
+    model = load_model(weights, device)
     resolve_layer(model, layer)
     view = view_kernels(
         model, layer, max_filters=max_filters, max_inputs=max_inputs, zoom=zoom, margin=margin,
