@@ -226,30 +226,6 @@ def test_softmax(shape):
 # -- elementwise helpers for the visualization loops ----------------------------------------------
 
 
-def test_scale_by_rms():
-    rng = np.random.default_rng(10)
-    grad = random(rng, 2, 5, 6, 3)
-    grad[1] *= 1e-3  # per-sample statistics: the small sample is scaled up on its own
-    g = grad.astype(np.float64).reshape(2, -1)
-    expected = (g / (np.sqrt((g**2).mean(axis=1, keepdims=True)) + 1e-8)).reshape(grad.shape)
-    out = np.full(grad.shape, np.nan, np.float32)
-    run("cuda", "scale_by_rms", grad, 1e-8, out)
-    assert_close(out, expected)
-    run("cuda", "scale_by_rms", grad, 1e-8, grad)  # in place
-    assert_close(grad, expected)
-
-
-def test_scale_by_mean_abs():
-    rng = np.random.default_rng(11)
-    grad = random(rng, 2, 4, 4, 3)
-    grad[0] *= 100
-    g = grad.astype(np.float64).reshape(2, -1)
-    expected = (g / (np.abs(g).mean(axis=1, keepdims=True) + 1e-3)).reshape(grad.shape)
-    out = np.full(grad.shape, np.nan, np.float32)
-    run("cuda", "scale_by_mean_abs", grad, 1e-3, out)
-    assert_close(out, expected)
-
-
 def test_axpy():
     rng = np.random.default_rng(12)
     x, y = random(rng, 2, 3, 4, 3), random(rng, 2, 3, 4, 3)

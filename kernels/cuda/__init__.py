@@ -28,7 +28,7 @@ from kernels.cuda.conv import (
     dense_backward_input,
     dense_forward,
 )
-from kernels.cuda.elementwise import axpy, fill, masked_axpy, scale_by_mean_abs, scale_by_rms
+from kernels.cuda.elementwise import axpy, fill, masked_axpy
 from kernels.cuda.images import add_window, copy_window, resize_bilinear, roll
 from kernels.cuda.pool import maxpool_backward, maxpool_forward
 from kernels.cuda.scores import channel_sum, sample_scale, square_sum, variation_sum
@@ -59,8 +59,6 @@ __all__ = [
     "softmax_backward",
     "sigmoid_forward",
     "sigmoid_backward",
-    "scale_by_rms",
-    "scale_by_mean_abs",
     "axpy",
     "fill",
     "masked_axpy",

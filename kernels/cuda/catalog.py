@@ -32,8 +32,6 @@ def kernels():
         ("maxpool_backward", pool.maxpool_backward_kernel, (F4, I4, int64, int64, F4)),
         ("softmax_forward", softmax.softmax_forward_kernel, (F2, F2)),
         ("softmax_backward", softmax.softmax_backward_kernel, (F2, F2, F2)),
-        ("scale_by_rms", elementwise.scale_by_rms_kernel, (F2, float32, F2)),
-        ("scale_by_mean_abs", elementwise.scale_by_mean_abs_kernel, (F2, float32, F2)),
         ("axpy", elementwise.axpy_kernel, (float32, F1, F1)),
         ("masked_axpy", elementwise.masked_axpy_kernel, (float32, F1, F1, I1, F1)),
         ("fill", elementwise.fill_kernel, (float32, F1)),
