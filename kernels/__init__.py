@@ -14,8 +14,9 @@ Data contract (asserted at the backend boundary in ``engine/backend.py``):
   position of the maximum inside its window (first maximum wins on ties, as in Keras).
 * ReLU backward modes are the integers below, so that compiled kernels can take them.
 
-Every backend module (``reference``, ``cpu``, ``cuda``) exports the same op names and signatures;
-each op writes into an explicit output buffer and returns it.
+Every backend module (``reference``, ``cpu``, ``cuda``) exports every op of ``OP_NAMES`` with the
+reference's signature (a backend may add optional parameters after the reference's, never
+required ones); each op writes into an explicit output buffer and returns it.
 """
 
 RELU_STANDARD = 0  # d relu: pass the gradient where the forward output was positive
@@ -24,7 +25,7 @@ RELU_DECONV = 2  # deconvnet: only where the incoming gradient is positive, igno
 
 RELU_MODES = {"standard": RELU_STANDARD, "guided": RELU_GUIDED, "deconv": RELU_DECONV}
 
-OP_NAMES = (
+NETWORK_OPS = (
     "conv2d_forward",
     "conv2d_backward_input",
     "relu_forward",
@@ -38,3 +39,22 @@ OP_NAMES = (
     "sigmoid_forward",
     "sigmoid_backward",
 )
+"""The layers' forward and backward passes."""
+
+LOOP_OPS = (
+    "fill",
+    "axpy",
+    "masked_axpy",
+    "sample_scale",
+    "channel_sum",
+    "square_sum",
+    "variation_sum",
+    "roll",
+    "resize_bilinear",
+    "copy_window",
+    "add_window",
+)
+"""What the optimisation loops (filters, dreams) do between passes: steps, scores, image moves."""
+
+OP_NAMES = NETWORK_OPS + LOOP_OPS
+"""Every op that every backend exports."""
