@@ -8,7 +8,9 @@ Arrays crossing the boundary are checked against the data contract of ``kernels/
 float32, C-contiguous, NHWC (4-D) for images and activations.
 """
 
+import functools
 import importlib
+import inspect
 import os
 
 import numpy as np
@@ -108,12 +110,16 @@ class Workspace:
     ``buffer(key, shape)`` returns the same array for the same key and shape; ``zeros`` also
     clears it, on the device (the backend's ``fill`` op: nothing crosses from the host);
     ``constant(key, host_array)`` copies a host array (any dtype) to the device once.
+
+    ``ops`` are the backend's kernels with this workspace's ``scratch`` given to every op that
+    takes one (the CUDA reductions keep their per-block partial sums there), so that a loop's
+    steps allocate nothing on the device for them; the ops' results are the same.
     """
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.ops = backend.ops
         self._arrays = {}
+        self.ops = _OpsWithScratch(backend.ops, self.scratch)
 
     def buffer(self, key, shape, dtype=None):
         dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
@@ -132,6 +138,40 @@ class Workspace:
         if array is None:
             array = self._arrays[full_key] = self.backend.upload(host_array)
         return array
+
+    def scratch(self, shape):
+        """A float32 buffer that ops fill and read within one call (``ops`` pass it): the same
+        one for every call and op with that shape, as each op is done with it when the next starts
+        (ops run in order)."""
+        return self.buffer(("op scratch",), shape, np.float32)
+
+
+class _OpsWithScratch:
+    """A kernel module whose ops that take a ``scratch`` parameter get ``scratch`` bound; every
+    other name is the module's own."""
+
+    def __init__(self, ops, scratch):
+        self._ops = ops
+        self._scratch = scratch
+
+    def __repr__(self):
+        return f"<{self._ops.__name__} with a workspace's scratch>"
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # private and special names are never ops (nor ours, while unset)
+            raise AttributeError(name)
+        value = getattr(self._ops, name)
+        if callable(value) and _takes_scratch(value):
+            value = functools.partial(value, scratch=self._scratch)
+        setattr(self, name, value)  # later look-ups find it without __getattr__
+        return value
+
+
+def _takes_scratch(fn) -> bool:
+    try:
+        return "scratch" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # an object without a Python signature
+        return False
 
 
 def cuda_status() -> tuple[bool, str]:

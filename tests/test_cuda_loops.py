@@ -9,6 +9,7 @@ block size (grid-stride loops, power-of-two reductions). Tolerances: ops 1e-5 re
 runs 1e-4 relative between the CUDA images and the CPU's (host NumPy path).
 """
 
+import inspect
 import warnings
 
 import numpy as np
@@ -38,6 +39,7 @@ if not cuda_backend.is_available():
     pytest.skip("numba.cuda is not usable here (no GPU, simulator off)", allow_module_level=True)
 
 TOL = 1e-5
+SCRATCH_OPS = ("sample_scale", "channel_sum", "square_sum", "variation_sum")
 
 
 def random(rng, *shape, scale=1.0):
@@ -51,6 +53,11 @@ def test_op_names_list_every_op_the_backends_export():
     assert set(LOOP_OPS) <= set(OP_NAMES)
     for backend in (cpu_backend, cuda_backend):
         assert set(backend.__all__) - {"is_available"} == set(OP_NAMES), backend.__name__
+    # the one extra on CUDA: the reductions' optional scratch for their partial sums
+    for name in LOOP_OPS:
+        extra = set(inspect.signature(getattr(cuda_backend, name)).parameters)
+        extra -= set(inspect.signature(getattr(ref, name)).parameters)
+        assert extra == ({"scratch"} if name in SCRATCH_OPS else set()), name
 
 
 def test_catalog_lists_the_loop_kernels():
@@ -170,6 +177,49 @@ def test_fill_and_axpy():
     y = y0.copy()
     on_device(cuda_backend.axpy, -1.0, x, y)
     np.testing.assert_array_equal(y, ref.axpy(-1.0, x, y0.copy()))  # exact: y + (-x) = y - x
+
+
+def test_workspace_ops_reuse_their_scratch(monkeypatch):
+    """Through a Workspace the reductions keep their partial sums in reused buffers (one per
+    shape): once they exist a step allocates nothing, and the results are, bit for bit, those of
+    the ops allocating their own. (4-thread blocks, so that a tiny sample spans several parts.)"""
+    from numba import cuda
+
+    from kernels.cuda import elementwise, launch
+
+    monkeypatch.setattr(scores, "SUM_THREADS", 4)
+    monkeypatch.setattr(scores, "MAX_PARTS", 4)
+    monkeypatch.setattr(elementwise, "ELEMENTWISE_THREADS", 32)
+    monkeypatch.setattr(launch.blocks_for, "__defaults__", (1,))  # one block per fill
+    work = engine.backend.Workspace(engine.backend.get_backend("cuda"))
+    rng = np.random.default_rng(30)
+    x = cuda.to_device(random(rng, 2, 4, 5, 4))
+    assert scores.launch_parts(80) == 3 and scores.launch_parts(12) == 1  # a sample, channel_sum's region
+    index = cuda.to_device(np.array([1, 3], np.int64))
+    total, grad, scale = (cuda.device_array(shape, np.float32) for shape in (2, x.shape, 2))
+
+    def step(ops):
+        ops.fill(0.0, total)
+        ops.fill(0.0, grad)
+        ops.channel_sum(x, index, (1, 4, 0, 4), 0.5, total, grad)  # one part
+        ops.square_sum(x, 0.1, (0, 4, 0, 5), -0.25, total, grad)
+        ops.variation_sum(x, 2.0, 1e-8, 0.01, total, grad)
+        ops.sample_scale(grad, "rms", 1e-5, scale)
+        return total.copy_to_host(), grad.copy_to_host(), scale.copy_to_host()
+
+    allocations, device_array = [], cuda.device_array
+    monkeypatch.setattr(cuda, "device_array", lambda *a, **k: allocations.append(a) or device_array(*a, **k))
+    expected = step(cuda_backend)
+    assert allocations == [((2, 1),), ((2, 3),), ((2, 3),), ((2, 3),)]  # each reduction its own
+    step(work.ops)  # the first step allocates the buffers
+    allocations.clear()
+    results = step(work.ops)
+    assert allocations == []
+    for result, reference in zip(results, expected):
+        np.testing.assert_array_equal(result, reference)
+    assert work.scratch((2, 3)) is work.scratch((2, 3)) and work.scratch((2, 1)).shape == (2, 1)
+    with pytest.raises(ValueError, match="not float32"):
+        cuda_backend.square_sum(x, 0.0, (0, 4, 0, 5), 1.0, total, grad, scratch=lambda shape: scale)
 
 
 # -- image moves ----------------------------------------------------------------------------------

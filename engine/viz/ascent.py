@@ -22,9 +22,10 @@ number, total_variation, and their sums and multiples), the batch goes to the de
 stays there for the whole run: the transforms (``transforms.apply_all_on``), the forward and
 backward passes, the objective's losses and gradients (score kernels), the per-sample
 normalisation (``sample_scale``) and the masked step (``masked_axpy``) all run as backend ops on
-device arrays. Per step only the N losses come back (the stopping rules and the callback need
-them); the images come back at the end, or stay on the device when ``x`` was a device array
-(DeepDream's octaves). The two paths take the same steps and agree to float32 rounding
+device arrays, in buffers of the run's ``Workspace`` that every step reuses (the reductions'
+partial sums among them). Per step only the N losses come back (the stopping rules and the
+callback need them); the images come back at the end, or stay on the device when ``x`` was a
+device array (DeepDream's octaves). The two paths take the same steps and agree to float32 rounding
 (``tests/test_cuda_loops.py``). An objective without a device form takes the host path on any
 backend, its activations copied to the host at every step.
 """
@@ -168,8 +169,9 @@ def _device_ascent(
 ) -> AscentResult:
     """The same loop as backend ops on the backend's arrays: the batch, activations, gradients
     and losses stay on the device; per step only the N losses cross to the host."""
-    backend, ops = model.backend, model.backend.ops
+    backend = model.backend
     work = Workspace(backend)
+    ops = work.ops  # the backend's ops, reusing the workspace's scratch
     given_on_host = not _is_device_array(x)
     if given_on_host:
         x = np.array(x, dtype=np.float32, copy=True)

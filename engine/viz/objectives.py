@@ -38,7 +38,8 @@ class Accumulator:
     ``acts``: {name: backend array} of the layers read ("input": the image); ``loss``: (N,)
     float32 backend array; ``grads``: {name: backend array shaped like acts[name]}, cleared by
     the loop before the step; ``work``: the run's ``engine.backend.Workspace`` (buffers and
-    uploaded constants that outlive the step); ``ops``: the backend's kernels.
+    uploaded constants that outlive the step); ``ops``: the backend's kernels as ``work.ops``
+    (the score reductions reuse the workspace's scratch, so a step allocates nothing for them).
     """
 
     def __init__(self, work, acts, loss, grads):

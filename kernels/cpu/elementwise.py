@@ -2,7 +2,7 @@
 
 ``fill``, ``axpy``, ``masked_axpy``, ``sample_scale``, the scores ``channel_sum``, ``square_sum``
 and ``variation_sum``, and the image moves ``roll``, ``resize_bilinear``, ``copy_window`` and
-``add_window``: same names and signatures on every backend (``kernels/__init__.py``).
+``add_window`` (``kernels.LOOP_OPS``): same names and signatures on every backend.
 
 They are whole-array NumPy expressions already (the resize is two small float64 matrix products),
 so the CPU takes the reference's code rather than a second copy of it in Numba. On the CPU the

@@ -2,8 +2,9 @@
 arrays (inputs and an explicit output buffer, which is returned), as ``@cuda.jit`` kernels whose
 launchers derive the grid from the shapes. Also the ops of the optimisation loops, which keep an
 image batch on the device for a whole run: scores with their gradients and the per-sample gradient
-scale (``scores.py``), the masked step, fill and axpy (``elementwise.py``), and rolls, bilinear
-resizes and windows of image batches (``images.py``).
+scale (``scores.py``; these reductions also take an optional ``scratch`` for their partial sums,
+so that a loop can reuse one buffer), the masked step, fill and axpy (``elementwise.py``), and
+rolls, bilinear resizes and windows of image batches (``images.py``).
 
 Layout and conventions are those of ``kernels/__init__.py`` (NHWC float32, C-contiguous; conv
 kernels (kh, kw, c_in, c_out) as cross-correlation; int32 argmax ``dy * pw + dx``).

@@ -12,6 +12,12 @@ sum to ``partial[n, part]``. The second runs one block per sample and adds the p
 a fixed tree. No atomics, so a run gives the same bytes every time, and a batch of one still
 spreads over ``parts`` blocks. ``parts`` comes from the sample's size (``launch_parts``).
 
+The partial sums need an (N, parts) float32 device buffer. Each op takes an optional
+``scratch(shape)`` (after the reference's parameters) that returns one; a loop passes one that
+hands back the same buffer for the same shape (``engine.backend.Workspace.scratch``), so its
+steps allocate nothing. Ops on one stream run in order, so they can all share that buffer. Without
+``scratch`` an op allocates its own.
+
 Shapes: x, grad (N, H, W, C) float32 C-contiguous; total, out (N,) float32; index (N,) int64;
 ``region`` = (y0, y1, x0, x1), half-open rows and columns of x.
 """
@@ -155,9 +161,16 @@ def scale_from_partials_kernel(partial, count, method, eps, out):
             out[n] = float32(1.0) / max(mean, eps)
 
 
-def _partials(n, count):
-    parts = launch_parts(count)
-    return cuda.device_array((n, parts), dtype=np.float32), (parts, n)
+def _partials(n, count, scratch):
+    """The (n, parts) buffer of the partial sums (from ``scratch`` when given) and the grid."""
+    shape = (n, launch_parts(count))
+    if scratch is None:
+        return cuda.device_array(shape, dtype=np.float32), shape[::-1]
+    partial = scratch(shape)
+    if tuple(partial.shape) != shape or partial.dtype != np.float32:
+        got = f"{partial.dtype} {tuple(partial.shape)}"
+        raise ValueError(f"scratch gave a {got} array for the partial sums, not float32 {shape}")
+    return partial, shape[::-1]
 
 
 def _add(partial, weight, total):
@@ -172,39 +185,39 @@ def _region(x, region):
     return y0, y1, x0, x1
 
 
-def channel_sum(x, index, region, weight, total, grad):
+def channel_sum(x, index, region, weight, total, grad, *, scratch=None):
     """total[n] += weight * sum of x[n, region, index[n]]; grad[n, region, index[n]] += weight."""
     y0, y1, x0, x1 = _region(x, region)
-    partial, grid = _partials(len(x), (y1 - y0) * (x1 - x0))
+    partial, grid = _partials(len(x), (y1 - y0) * (x1 - x0), scratch)
     channel_sum_kernel[grid, SUM_THREADS](x, index, y0, y1, x0, x1, float32(weight), partial, grad)
     return _add(partial, weight, total)
 
 
-def square_sum(x, center, region, weight, total, grad):
+def square_sum(x, center, region, weight, total, grad, *, scratch=None):
     """total[n] += weight * sum over region of (x[n] - center)**2; grad += 2 weight (x - center)."""
     y0, y1, x0, x1 = _region(x, region)
-    partial, grid = _partials(len(x), (y1 - y0) * (x1 - x0) * x.shape[3])
+    partial, grid = _partials(len(x), (y1 - y0) * (x1 - x0) * x.shape[3], scratch)
     kernel = square_sum_kernel[grid, SUM_THREADS]
     kernel(x, float32(center), y0, y1, x0, x1, float32(weight), partial, grad)
     return _add(partial, weight, total)
 
 
-def variation_sum(x, beta, eps, weight, total, grad):
+def variation_sum(x, beta, eps, weight, total, grad, *, scratch=None):
     """total[n] += weight * TV^beta(x[n]); grad += weight * its gradient (see reference.py)."""
-    partial, grid = _partials(len(x), x.size // len(x))
+    partial, grid = _partials(len(x), x.size // len(x), scratch)
     kernel = variation_sum_kernel[grid, SUM_THREADS]
     kernel(x, float32(beta), float32(eps), float32(weight), partial, grad)
     return _add(partial, weight, total)
 
 
-def sample_scale(grad, method, eps, out):
+def sample_scale(grad, method, eps, out, *, scratch=None):
     """out[n] = 1 / (rms(grad[n]) + eps) for "rms", 1 / max(mean|grad[n]|, eps) for "mean_abs"."""
     if method not in METHODS:
         raise ValueError(f"unknown gradient scale {method!r}: use one of {', '.join(METHODS)}")
     n = grad.shape[0]
     count = grad.size // n
     values = grad.reshape(n, count)
-    partial, grid = _partials(n, count)
+    partial, grid = _partials(n, count, scratch)
     sample_sums_kernel[grid, SUM_THREADS](values, int(method == "mean_abs"), partial)
     kernel = scale_from_partials_kernel[n, SUM_THREADS]
     kernel(partial, float32(count), METHODS[method], float32(eps), out)
