@@ -320,6 +320,7 @@ class Trace:
         stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)
         result = {}
         g = None
+        slot = 0  # gradients alternate between two buffers per shape: each is dead once used
         for i in range(start, stop - 1, -1):
             spec = layers[i]
             g = self._inject(g, injected.get(spec.name), i)
@@ -336,7 +337,8 @@ class Trace:
                     continue
                 kernel = model._params[i][0]
                 h_in = self.outputs[i - 1] if i > 0 else self.input
-                g_in = buf("grad", i, h_in.shape)
+                slot ^= 1
+                g_in = buf("grad", slot, h_in.shape)
                 if spec.kind == "conv2d":
                     ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **model._conv_options)
                 else:
@@ -344,7 +346,8 @@ class Trace:
                 g = g_in
             elif spec.kind == "maxpool2d" and g is not None:
                 h_in = self.outputs[i - 1] if i > 0 else self.input
-                g_in = buf("grad", i, h_in.shape)
+                slot ^= 1
+                g_in = buf("grad", slot, h_in.shape)
                 ops.maxpool_backward(g, self.argmax[i], spec.pool_size, g_in)
                 g = g_in
             elif spec.kind == "flatten" and g is not None:
@@ -373,9 +376,9 @@ class Trace:
         y = self.outputs[i]
         if spec.activation == "linear":
             return g
+        if spec.activation == "relu":  # elementwise: in place (g is always this pass's buffer)
+            ops.relu_backward(g, y, mode, g)
+            return g
         g_pre = self.model._buffer("gpre", i, g.shape)
-        if spec.activation == "relu":
-            ops.relu_backward(g, y, mode, g_pre)
-        else:
-            getattr(ops, f"{spec.activation}_backward")(g, y, g_pre)
+        getattr(ops, f"{spec.activation}_backward")(g, y, g_pre)
         return g_pre
