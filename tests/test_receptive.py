@@ -6,7 +6,10 @@ Three independent checks of the recursion in ``engine.viz.receptive``:
   formula (the oracle), on random small architectures;
 - the engine itself: changing every input pixel outside a unit's field leaves the unit's value
   unchanged, and the input gradient of the unit is zero outside its field (synthetic VGG16 at
-  64 px, every spatial layer, a centre and a corner unit);
+  64 px, every spatial layer, a centre and a corner unit). Exact zeros are a property of the
+  im2col+GEMM convolution, so these run with ``conv="gemm"``; Winograd's tile transforms leave
+  rounding residue outside the field (measured up to 1.5e-6 of the gradient's largest value), which
+  ``test_winograd_gradient_outside_the_field_is_rounding`` bounds;
 - tightness: on a small network whose activations are all positive (so every ReLU passes the
   gradient) the union of the gradient supports over a seeded batch fills the whole field, and on
   VGG16's first layers the support's bounding box is the clamped field.
@@ -32,7 +35,12 @@ VGG16_SIZES = {
 
 @pytest.fixture(scope="module")
 def vgg16(vgg16_notop_file):
-    return engine.load(vgg16_notop_file)
+    return engine.load(vgg16_notop_file, conv="gemm")
+
+
+@pytest.fixture(scope="module")
+def vgg16_winograd(vgg16_notop_file):
+    return engine.load(vgg16_notop_file)  # the CPU default
 
 
 def conv(name, kh, kw, c_in, c_out, padding="same", rng=None, positive=False):
@@ -144,6 +152,25 @@ def test_vgg16_gradient_support_fills_the_field(vgg16, layer):
         assert box == field.clamped_box(i, j, (size, size))
 
 
+@pytest.mark.parametrize("layer", ["block1_conv2", "block2_conv2", "block3_conv3", "block4_conv1"])
+def test_winograd_gradient_outside_the_field_is_rounding(vgg16, vgg16_winograd, layer):
+    size = 64
+    field = receptive_field(vgg16, layer)
+    h, w, channels = vgg16.output_shapes((size, size))[vgg16.layer_index(layer)]
+    x = np.random.default_rng(4).uniform(-100, 100, (1, size, size, 3)).astype(np.float32)
+    i, j = h // 2, w // 2
+    inside = field_mask(field, i, j, (size, size))
+    assert (~inside).any()
+    g = np.zeros((1, h, w, channels), np.float32)
+    g[0, i, j, int(np.argmax(vgg16.forward(x, layer)[layer][0, i, j]))] = 1.0
+    exact = vgg16.input_gradient(x, layer, g)[0]
+    fast = vgg16_winograd.input_gradient(x, layer, g)[0]
+    scale = np.abs(exact).max()
+    assert scale > 0 and not np.abs(exact[~inside]).any()
+    assert np.abs(fast - exact).max() <= 1e-4 * scale
+    assert np.abs(fast[~inside]).max() <= 1e-5 * scale
+
+
 def test_small_network_gradient_support_is_the_field():
     """One input per pixel, each a bright spike on faint noise: with positive kernels every max
     pool on the way follows the spike, so the unit's gradient at the spike is non-zero exactly
@@ -156,7 +183,7 @@ def test_small_network_gradient_support_is_the_field():
         pool("p2", 3),
         conv("c3", 1, 3, 2, 1, "same", rng, positive=True),
     ]
-    model = Model(NetworkSpec(layers, (None, None, 1)))
+    model = Model(NetworkSpec(layers, (None, None, 1)), conv="gemm")
     size = 24
     n = size * size
     x = rng.uniform(0, 0.01, (n, size, size, 1)).astype(np.float32)
