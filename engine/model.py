@@ -197,6 +197,16 @@ class Model:
             buf = self._workspace[key] = self.backend.empty(shape, dtype)
         return buf
 
+    def _arena(self, slot, shape, capacity):
+        """A view shaped ``shape`` on gradient arena ``slot`` (0 or 1), a flat buffer of at least
+        ``capacity`` elements: the backward's gradients alternate between the two arenas, so two
+        buffers of the largest gradient serve every layer (not two per shape)."""
+        flat = self._workspace.get(("arena", slot))
+        if flat is None or flat.size < capacity:
+            flat = self._workspace[("arena", slot)] = None  # free the old one first
+            flat = self._workspace[("arena", slot)] = self.backend.empty((capacity,))
+        return flat[: int(np.prod(shape))].reshape(shape)
+
     def trace(self, x, upto=None) -> "Trace":
         """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs."""
         last = len(self.layers) - 1 if upto is None else self.layer_index(upto)
@@ -320,7 +330,8 @@ class Trace:
         stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)
         result = {}
         g = None
-        slot = 0  # gradients alternate between two buffers per shape: each is dead once used
+        slot = 0  # gradients alternate between two arenas: each is dead once used
+        capacity = max(int(np.prod(h.shape)) for h in [self.input] + self.outputs[stop:start])
         for i in range(start, stop - 1, -1):
             spec = layers[i]
             g = self._inject(g, injected.get(spec.name), i)
@@ -338,7 +349,7 @@ class Trace:
                 kernel = model._params[i][0]
                 h_in = self.outputs[i - 1] if i > 0 else self.input
                 slot ^= 1
-                g_in = buf("grad", slot, h_in.shape)
+                g_in = model._arena(slot, h_in.shape, capacity)
                 if spec.kind == "conv2d":
                     ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **model._conv_options)
                 else:
@@ -347,7 +358,7 @@ class Trace:
             elif spec.kind == "maxpool2d" and g is not None:
                 h_in = self.outputs[i - 1] if i > 0 else self.input
                 slot ^= 1
-                g_in = buf("grad", slot, h_in.shape)
+                g_in = model._arena(slot, h_in.shape, capacity)
                 ops.maxpool_backward(g, self.argmax[i], spec.pool_size, g_in)
                 g = g_in
             elif spec.kind == "flatten" and g is not None:

@@ -97,6 +97,28 @@ def test_backward_sums_injections_and_returns_intermediate_gradients():
     np.testing.assert_allclose(both["c2"], from_d1 + g_c2, rtol=1e-10, atol=1e-12)
 
 
+def test_backward_gradients_live_in_two_arenas_of_the_largest_size():
+    """Two flat buffers of the largest gradient serve every layer (not two per shape); a later,
+    larger pass grows them, and the results handed out are copies no pass overwrites."""
+    model = model64()
+    small = model.input_gradient(x_input(1), "c2", uniform(9, "s", (1, 7, 6, 3), -1, 1))
+    kept = small.copy()
+    x = x_input(3)
+    trace = model.trace(x)
+    g = uniform(9, "g", trace.output("out").shape, -1, 1)
+    grads = trace.backward({"out": g}, wrt=("input", "c2", "p1"))
+    arenas = {k: v for k, v in model._workspace.items() if k[0] == "arena"}
+    sizes = [int(np.prod(a.shape)) for a in [x] + trace.outputs]
+    assert sorted(k[1] for k in arenas) == [0, 1]
+    assert all(a.size == max(sizes) for a in arenas.values())
+    assert not any(k[0] == "grad" for k in model._workspace)
+    np.testing.assert_array_equal(small, kept)
+    expected = finite_difference(model, x.copy(), "out", g)
+    np.testing.assert_allclose(grads["input"], expected, rtol=1e-6, atol=1e-8)
+    again = model.trace(x).backward({"p1": grads["p1"]}, wrt=("c2",))["c2"]
+    np.testing.assert_allclose(again, grads["c2"], rtol=1e-10, atol=1e-12)
+
+
 def test_guided_mode_differs_and_matches_its_definition_on_one_relu():
     spec = small_spec()
     spec.layers = spec.layers[:1]  # one conv + relu: guided = relu'(y) * max(g, 0) pulled back
