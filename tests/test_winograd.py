@@ -58,12 +58,17 @@ def test_forward_matches_reference(case, relu, m):
     assert rel_err(out, expected) < TOL[m]
 
 
+@pytest.mark.parametrize("u_t", ["copy", "view"])
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
-def test_transposed_kernel_is_the_input_gradient(case, m):
+def test_transposed_kernel_is_the_input_gradient(monkeypatch, case, m, u_t):
+    """The flipped kernel through the forward kernel's U (transposed: a contiguous copy, or a
+    view as for big kernels) and the reversed data/output transforms."""
     n, h, w, ci, co, p = case
     rng = np.random.default_rng(sum(case) + 11 * m)
     _, kernel, _ = random_layer(rng, n, h, w, ci, co)
+    if u_t == "view":
+        monkeypatch.setattr(winograd, "TRANSPOSED_COPY_BYTES", 0)
     grad_out = rng.standard_normal((n, out_size(h, p), out_size(w, p), co)).astype(np.float32)
     grad_in = np.full((n, h, w, ci), np.nan, np.float32)
     winograd.conv_winograd(grad_out, kernel, None, (2 - p, 2 - p), False, grad_in, True, m=m)
@@ -153,7 +158,9 @@ def test_kernel_transform_cached_only_when_read_only():
     kernel.flags.writeable = False
     u = winograd.transformed_kernel(kernel, 2, False)
     assert winograd.transformed_kernel(kernel, 2, False) is u
-    assert winograd.transformed_kernel(kernel, 2, True) is not u
+    u_t = winograd.transformed_kernel(kernel, 2, True)
+    assert u_t is not u and u_t.flags.c_contiguous and np.array_equal(u_t, u.transpose(0, 2, 1))
+    assert winograd.transformed_kernel(kernel, 2, True) is u_t  # the small copy is cached too
     assert winograd.transformed_kernel(kernel, 4, False).shape == (36, 6, 5)
     assert winograd.transformed_kernel(kernel, 2, True).shape == (16, 5, 6)
     view = np.ascontiguousarray(rng.standard_normal((3, 3, 6, 5)).astype(np.float32))
@@ -162,6 +169,21 @@ def test_kernel_transform_cached_only_when_read_only():
     assert winograd.transformed_kernel(frozen_view, 2, False) is not winograd.transformed_kernel(
         frozen_view, 2, False
     )
+    winograd.clear_kernel_cache()
+
+
+def test_big_kernels_keep_one_transform(monkeypatch):
+    """Above TRANSPOSED_COPY_BYTES the input gradient reads U through a transposed view: one
+    cached transform per big kernel (VGG16's 512-channel layers: ~140 MB less at 224 px)."""
+    rng = np.random.default_rng(3)
+    _, kernel, _ = random_layer(rng, 1, 4, 4, 6, 5)
+    kernel.flags.writeable = False
+    monkeypatch.setattr(winograd, "TRANSPOSED_COPY_BYTES", 0)
+    winograd.clear_kernel_cache()
+    u = winograd.transformed_kernel(kernel, 4)
+    u_t = winograd.transformed_kernel(kernel, 4, True)
+    assert np.shares_memory(u, u_t) and u_t.shape == (36, 5, 6)
+    assert len(winograd._kernel_cache) == 1
     winograd.clear_kernel_cache()
 
 

@@ -30,7 +30,8 @@ another between the six steps. m is chosen per
 image (``tile_size``), so an image's result does not depend on its batch.
 
 The input gradient is the same convolution with the flipped/transposed kernel
-(``transposed=True``); its U is built from the forward kernel and cached alongside.
+(``transposed=True``), computed with the forward kernel's U read transposed and the data and
+output transforms reversed (``transforms``): no second U for the big kernels.
 
 Kernel-transform cache: U holds a^2/9 times the kernel's values (38 MB for a 512x512 F(4x4)
 kernel) and takes ~10 ms to build, as long as a 14x14 layer, so it is cached, keyed on the kernel
@@ -50,11 +51,12 @@ from numba import njit
 
 from kernels.cpu import _threads
 from kernels.cpu._types import FLOATS, b1, c_array, i64, per_float, types
-from kernels.cpu.im2col import flipped_transposed
 
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
 WORKSPACE_BYTES = 2 << 20
+# U^T is kept as a contiguous copy up to this size (VGG16 up to 256x256 channels), else a view
+TRANSPOSED_COPY_BYTES = 10 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
 
 # --- transform matrices (Lavin & Gray), float64, cast to the data type per call ------------------
@@ -257,30 +259,66 @@ def kernel_is_cacheable(a):
     return a is None or isinstance(a, bytes)
 
 
-def transformed_kernel(kernel, m, transposed):
-    """U for this kernel: (a^2, ci, co), or (a^2, co, ci) when transposed; cached when immutable."""
+def _cached(key, kernel, build):
+    """build() cached under ``key`` (None: not cacheable), keeping a reference to ``kernel``."""
+    if key is None:
+        return build()
+    hit = _kernel_cache.get(key)
+    if hit is not None:
+        _kernel_cache.move_to_end(key)
+        return hit[1]
+    value = build()
+    _kernel_cache[key] = (kernel, value)  # the reference keeps id(kernel) from being reused
+    while len(_kernel_cache) > CACHE_ENTRIES:
+        _kernel_cache.popitem(last=False)
+    return value
+
+
+def transformed_kernel(kernel, m, transposed=False):
+    """U = G g G^T for this kernel: (a^2, ci, co), cached when immutable.
+
+    ``transposed``: U^T (a^2, co, ci) for the input gradient (see ``transforms``), a view of U,
+    or a cached contiguous copy when U is at most ``TRANSPOSED_COPY_BYTES`` (there a transposed
+    operand slows the many small single-threaded GEMMs of the chunked layers by ~20%; the big
+    kernels of the deep layers run as one or two chunks, as fast through the view).
+    """
     key = None
     if kernel_is_cacheable(kernel):
-        key = (id(kernel), kernel.ctypes.data, kernel.shape, kernel.dtype.str, m, transposed)
-        hit = _kernel_cache.get(key)
-        if hit is not None:
-            _kernel_cache.move_to_end(key)
-            return hit[1]
+        key = (id(kernel), kernel.ctypes.data, kernel.shape, kernel.dtype.str, m)
+
+    def build():
+        kh, kw, ci, co = kernel.shape
+        a = m + 2
+        g_mat = _G[m].astype(kernel.dtype)
+        # G g G^T, separable like the data transforms: along ky for every (kx, ci, co), then kx
+        rows = np.empty(a * kw * ci * co, dtype=kernel.dtype)
+        transform_axis(g_mat, kernel.reshape(-1), 1, kw * ci * co, rows)
+        u = np.empty((a * a, ci, co), dtype=kernel.dtype)
+        transform_axis(g_mat, rows, a, ci * co, u.reshape(-1))
+        return u
+
+    u = _cached(key, kernel, build)
+    if not transposed:
+        return u
+    if u.nbytes > TRANSPOSED_COPY_BYTES:
+        return u.transpose(0, 2, 1)
+    return _cached(None if key is None else key + ("T",), kernel,
+                   lambda: np.ascontiguousarray(u.transpose(0, 2, 1)))
+
+
+def transforms(m, dtype, transposed):
+    """(B^T, A^T) in ``dtype``; for the flipped kernel (``transposed``) B^T J and J A^T.
+
+    A correlation with the spatially flipped kernel is the reversed correlation of the reversed
+    tile with the kernel itself: Y_flip(d) = J_m Y(J_a d) (J reverses an axis), so
+    Y_flip(d) = (J_m A^T) [U . (B^T J_a) d] per axis, with the same U. The input gradient thus
+    uses the forward kernel's cached U, transposed in the GEMM, and reversed B^T columns and A^T
+    rows: no second U.
+    """
+    bt, at = _BT[m], _AT[m]
     if transposed:
-        kernel = flipped_transposed(kernel)
-    kh, kw, ci, co = kernel.shape
-    a = m + 2
-    g_mat = _G[m].astype(kernel.dtype)
-    # G g G^T, separable like the data transforms: along ky for every (kx, ci, co), then along kx
-    rows = np.empty(a * kw * ci * co, dtype=kernel.dtype)
-    transform_axis(g_mat, kernel.reshape(-1), 1, kw * ci * co, rows)
-    u = np.empty((a * a, ci, co), dtype=kernel.dtype)
-    transform_axis(g_mat, rows, a, ci * co, u.reshape(-1))
-    if key is not None:
-        _kernel_cache[key] = (kernel, u)  # the reference keeps id(kernel) from being reused
-        while len(_kernel_cache) > CACHE_ENTRIES:
-            _kernel_cache.popitem(last=False)
-    return u
+        bt, at = bt[:, ::-1], at[::-1, :]
+    return np.ascontiguousarray(bt, dtype=dtype), np.ascontiguousarray(at, dtype=dtype)
 
 
 # F(4x4) needs at least this many tiles per image to keep its a^2 GEMMs from being too thin for
@@ -322,16 +360,17 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     chunks = max(1, min(chunks, total * (ci + co) // (ci * co)))
     tc = -(-total // chunks)
     dtype = out.dtype
-    bt, at = _BT[m].astype(dtype), _AT[m].astype(dtype)
+    bt, at = transforms(m, dtype, transposed)
     top, left = int(pad[0]), int(pad[1])
 
     def chunk(t0):
         size = min(tc, total - t0)
         p, q = size * ci, size * co
-        r = _threads.scratch("wino_r", a * a * p, dtype)
+        # r (rows-transformed tiles) is dead once d is made, so s (A^T M) reuses its buffer
+        rs = _threads.scratch("wino_rs", max(a * a * p, a * m * q), dtype)
+        r, s = rs[: a * a * p], rs[: a * m * q]
         d = _threads.scratch("wino_d", a * a * p, dtype)
         mm = _threads.scratch("wino_m", a * a * q, dtype)
-        s = _threads.scratch("wino_s", a * m * q, dtype)
         # V = B^T d B: gathered and transformed along rows, then along columns (separable)
         gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
         transform_axis(bt, r, 1, a * p, d)
