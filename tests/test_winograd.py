@@ -202,9 +202,9 @@ def test_read_only_kernels_and_inputs_are_accepted():
 @pytest.mark.parametrize("transposed", [False, True], ids=["forward", "transposed"])
 @pytest.mark.parametrize("shape", [(1, 30, 30, 24, 40), (2, 6, 6, 128, 128)], ids=["many-tiles", "deep"])
 def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, transposed):
-    """Chunks of tiles, or blocks of output channels for a deep layer (here 2 x 64 channels), on
-    1, 2 or 3 workers: the work items depend on the shapes only, so the same bits (and the
-    reference's values)."""
+    """Chunks of tiles, or for a deep layer (one chunk) runs of its a^2 GEMMs, on 1, 2 or 3
+    workers (the GEMMs: all in one call, 8 + 8, 6 + 6 + 4): the chunks depend on the shapes only
+    and every GEMM is the same call, so the same bits (and the reference's values)."""
     from kernels.cpu import _threads
 
     n, h, w, ci, co = shape
