@@ -199,19 +199,23 @@ def test_read_only_kernels_and_inputs_are_accepted():
     assert rel_err(out, expected) < 1e-5
 
 
-@pytest.mark.parametrize("transposed", [False, True], ids=["forward", "transposed"])
+@pytest.mark.parametrize("direction", ["forward", "transposed", "transposed-view"])
 @pytest.mark.parametrize("shape", [(1, 30, 30, 24, 40), (2, 6, 6, 128, 128)], ids=["many-tiles", "deep"])
-def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, transposed):
+def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, direction):
     """Chunks of tiles, or for a deep layer (one chunk) runs of its a^2 GEMMs, on 1, 2 or 3
     workers (the GEMMs: all in one call, 8 + 8, 6 + 6 + 4): the chunks depend on the shapes only
-    and every GEMM is the same call, so the same bits (and the reference's values)."""
+    and every GEMM is the same call, so the same bits (and the reference's values). The input
+    gradient through U^T as a view takes the swapped GEMMs (output channels first)."""
     from kernels.cpu import _threads
 
     n, h, w, ci, co = shape
+    transposed = direction != "forward"
     rng = np.random.default_rng(11)
     x, kernel, bias = random_layer(rng, n, h, w, ci, co)
     kernel.flags.writeable = False
     monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 64 << 10)  # several chunks at these sizes
+    monkeypatch.setattr(winograd, "TRANSPOSED_COPY_BYTES", 0 if direction.endswith("view") else 10 << 20)
+    winograd.clear_kernel_cache()
     if transposed:  # the input gradient: grad_out has co channels, the result ci
         x = rng.standard_normal((n, h, w, co)).astype(np.float32)
     results = []
@@ -231,3 +235,4 @@ def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, tra
     else:
         expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), True, np.empty(results[0].shape))
     assert rel_err(results[0], expected) < TOL[4]
+    winograd.clear_kernel_cache()

@@ -32,7 +32,8 @@ image (``tile_size``), so an image's result does not depend on its batch.
 
 The input gradient is the same convolution with the flipped/transposed kernel
 (``transposed=True``), computed with the forward kernel's U read transposed and the data and
-output transforms reversed (``transforms``): no second U for the big kernels.
+output transforms reversed (``transforms``): no second U for the big kernels, whose GEMMs are
+then taken swapped (M^T = U V^T, output channels first) to read U in its stored layout.
 
 Kernel-transform cache: U holds a^2/9 times the kernel's values (38 MB for a 512x512 F(4x4)
 kernel) and takes ~10 ms to build, as long as a 14x14 layer, so it is cached, keyed on the kernel
@@ -207,15 +208,16 @@ def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
 
 @njit(
     per_float(
-        lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4))
+        lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4), b1)
     ),
     nogil=True,
     cache=True,
 )
-def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
+def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, channels_first):
     """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
 
-    y is flat, (m, m, tc, co); outputs of ragged edge tiles that fall outside out are dropped.
+    y is flat, (m, m, tc, co), or (m, m, co, tc) with ``channels_first`` (the swapped GEMMs of
+    the input gradient); outputs of ragged edge tiles that fall outside out are dropped.
     """
     _, ho, wo, co = out.shape
     tc = y.size // (m * m * co)
@@ -231,8 +233,14 @@ def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
         ox = (r - ty * tiles_w) * m
         for i in range(min(m, ho - oy)):
             for j in range(min(m, wo - ox)):
-                src = (i * m + j) * plane + t * co
                 dst = ((n * ho + oy + i) * wo + ox + j) * co
+                if channels_first:
+                    src = (i * m + j) * plane + t
+                    for c in range(co):
+                        v = y[src + c * tc] + bias[c]
+                        flat[dst + c] = (0 if v < 0 else v) if relu else v
+                    continue
+                src = (i * m + j) * plane + t * co
                 if relu:
                     for c in range(co):
                         v = y[src + c] + bias[c]
@@ -364,6 +372,10 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     bt, at = transforms(m, dtype, transposed)
     top, left = int(pad[0]), int(pad[1])
     share = chunks == 1
+    # U^T as a view (big kernels' input gradient): BLAS reads a transposed B operand 20-70% slower
+    # than a contiguous one (thin GEMMs, 16-64 rows: 2.5 vs 1.5 ms, 4.5 vs 3.2 ms for 16 GEMMs of
+    # 512 x 512 here), so the product is taken swapped, M[k]^T = U[k] V[k]^T, as fast as a copy.
+    swapped = not u.flags.c_contiguous
 
     def chunk(t0):
         size = min(tc, total - t0)
@@ -376,19 +388,23 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
         # V = B^T d B: gathered and transformed along rows, then along columns (separable)
         gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
         transform_axis(bt, r, 1, a * p, d)
-        _gemms(d.reshape(a * a, size, ci), u, mm.reshape(a * a, size, co), share)
+        v = d.reshape(a * a, size, ci)
+        if swapped:  # M^T = U^T^T V^T: (a^2, co, tiles), U in its stored (contiguous) layout
+            _gemms(u.transpose(0, 2, 1), v.transpose(0, 2, 1), mm.reshape(a * a, co, size), share)
+        else:
+            _gemms(v, u, mm.reshape(a * a, size, co), share)
         # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
         transform_axis(at, mm, a, q, s)
         y = mm[: m * m * q]
         transform_axis(at, s, 1, m * q, y)
-        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
+        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, swapped)
 
     _threads.run_chunks(chunk, range(0, total, tc))
     return out
 
 
 def _gemms(v, u, out, share):
-    """out[k] = v[k] @ u[k] for the a^2 positions k.
+    """out[k] = v[k] @ u[k] for the a^2 positions k (either operand may be a transposed view).
 
     ``share``: the workers take contiguous runs of k, each with single-threaded BLAS (called from
     outside the workers only). For one chunk of few tiles (deep layers at small batches: GEMMs of
