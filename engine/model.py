@@ -189,23 +189,27 @@ class Model:
         self.output_shapes(x.shape[1:3], upto)
         return x
 
+    def _flat(self, key, size, dtype=None):
+        """The workspace's flat buffer ``key`` of at least ``size`` elements (grown, never shrunk)."""
+        flat = self._workspace.get(key)
+        if flat is None or flat.size < size:
+            flat = self._workspace[key] = None  # free the old one first
+            flat = self._workspace[key] = self.backend.empty((max(size, 1),), dtype)
+        return flat
+
     def _buffer(self, role, index, shape, dtype=None):
-        dtype = self.backend.dtype if dtype is None else dtype
-        key = (role, index, tuple(shape), np.dtype(dtype).str)
-        buf = self._workspace.get(key)
-        if buf is None:
-            buf = self._workspace[key] = self.backend.empty(shape, dtype)
-        return buf
+        """A view shaped ``shape`` on the flat buffer of (role, layer index): one per role and
+        layer, grown to the largest shape asked for, whatever the input sizes (DeepDream's octaves,
+        tiles), not one per shape. A newer trace reuses it (``Trace._check_current``)."""
+        dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
+        size = int(np.prod(shape))
+        return self._flat((role, index, dtype.str), size, dtype)[:size].reshape(shape)
 
     def _arena(self, slot, shape, capacity):
         """A view shaped ``shape`` on gradient arena ``slot`` (0 or 1), a flat buffer of at least
         ``capacity`` elements: the backward's gradients alternate between the two arenas, so two
         buffers of the largest gradient serve every layer (not two per shape)."""
-        flat = self._workspace.get(("arena", slot))
-        if flat is None or flat.size < capacity:
-            flat = self._workspace[("arena", slot)] = None  # free the old one first
-            flat = self._workspace[("arena", slot)] = self.backend.empty((capacity,))
-        return flat[: int(np.prod(shape))].reshape(shape)
+        return self._flat(("arena", slot), capacity)[: int(np.prod(shape))].reshape(shape)
 
     def trace(self, x, upto=None) -> "Trace":
         """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs."""

@@ -119,6 +119,32 @@ def test_backward_gradients_live_in_two_arenas_of_the_largest_size():
     np.testing.assert_allclose(again, grads["c2"], rtol=1e-10, atol=1e-12)
 
 
+def test_layer_buffers_are_one_per_role_and_layer_whatever_the_input_size():
+    """Traces at three input sizes (as DeepDream's octaves) share one buffer per role and layer,
+    grown to the largest size, and every size still gives the results of a fresh model."""
+    spec = small_spec()
+    spec.layers = spec.layers[:4]  # the convolutional part: any size from 4x4 up
+    model = model64(spec)
+    sizes = [(9, 8), (16, 14), (6, 7)]
+    results = []
+    for h, w in sizes:
+        x = uniform(5, f"x{h}", (2, h, w, 2), -1, 1).astype(np.float64)
+        trace = model.trace(x)
+        g = uniform(5, f"g{h}", trace.output(spec.layers[-1].name).shape, -1, 1)
+        results.append((x, g, trace.output(spec.layers[-1].name).copy(),
+                        trace.backward({spec.layers[-1].name: g})["input"]))
+    buffers = {k: v for k, v in model._workspace.items() if k[0] != "arena"}
+    assert len(buffers) == len({k[:2] for k in buffers})  # one per (role, layer), not per size
+    outputs_at_largest = model64(spec).trace(results[1][0]).outputs
+    for (role, i, _), flat in buffers.items():
+        if role == "out":
+            assert flat.size == outputs_at_largest[i].size
+    for x, g, out, grad in results:
+        fresh = model64(spec).trace(x)
+        np.testing.assert_array_equal(out, fresh.output(spec.layers[-1].name))
+        np.testing.assert_array_equal(grad, fresh.backward({spec.layers[-1].name: g})["input"])
+
+
 def test_guided_mode_differs_and_matches_its_definition_on_one_relu():
     spec = small_spec()
     spec.layers = spec.layers[:1]  # one conv + relu: guided = relu'(y) * max(g, 0) pulled back
