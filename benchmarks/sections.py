@@ -308,7 +308,7 @@ def _forced_outputs(ref, deepest, forced, i):
 # ------------------------------------------------------------------------ start-up and memory
 
 
-def spawn(contender, ctx, size, batch, work, env_extra=None, onnx=None):
+def spawn(contender, ctx, size, batch, work, env_extra=None, onnx=None, extra=()):
     """Run worker.py; (seconds from spawn to its first call, its JSON record, wait4's ru_maxrss KiB).
 
     ru_maxrss of a child includes the parent's RSS at fork time (Linux keeps it across exec), so
@@ -318,6 +318,7 @@ def spawn(contender, ctx, size, batch, work, env_extra=None, onnx=None):
            str(batch), "--threads", str(ctx.args.threads), "--work", work]
     if onnx:
         cmd += ["--onnx", str(onnx)]
+    cmd += list(extra)
     env = dict(os.environ, **(env_extra or {}))
     errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child cannot block
     start = time.perf_counter()
@@ -378,6 +379,19 @@ def section_memory(ctx):
                            "peak_mib": peak / 1024, "loaded_mib": record.get("rss_loaded_kib", 0) / 1024,
                            "wait4_ru_maxrss_mib": ru_maxrss / 1024})
         print(f"  {name}: peak {peak / 1024:.0f} MiB", flush=True)
+    # DeepDream at the techniques section's size and octaves (2 steps an octave: the peak is reached
+    # in the first step of the largest octave), as the Keras example's algorithm runs it
+    size, octaves, _ = ctx.args.dream
+    for name in ctx.contenders:
+        if name == "onnxruntime":
+            continue
+        _, record, ru_maxrss = spawn(name, ctx, size, 1, "dream",
+                                     extra=("--octaves", str(octaves), "--steps", "2"))
+        peak = record["rss_end_kib"]
+        ctx.memory.append({"contender": name, "work": f"dream {size}px {octaves} octaves x 2 steps",
+                           "peak_mib": peak / 1024, "loaded_mib": record.get("rss_loaded_kib", 0) / 1024,
+                           "wait4_ru_maxrss_mib": ru_maxrss / 1024})
+        print(f"  {name}: dream peak {peak / 1024:.0f} MiB", flush=True)
 
 
 SECTIONS = {"network": section_network, "layers": section_layers, "techniques": section_techniques,

@@ -1,7 +1,7 @@
 """A fresh process doing one contender's work, for start-up time and peak memory.
 
     python benchmarks/worker.py CONTENDER WEIGHTS --size S --batch N --threads T [--onnx FILE]
-                                [--work forward|forward_grad]
+                                [--work forward|forward_grad|both|dream [--octaves K --steps S]]
 
 Imports the framework, loads the weights, runs ``--work`` once (the first call: compilation or
 loading from Numba's cache happens here for the engine) and prints one JSON line with the time
@@ -43,7 +43,9 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--onnx", default=None, help="exported model for onnxruntime")
-    parser.add_argument("--work", default="forward", choices=["forward", "forward_grad", "both"])
+    parser.add_argument("--work", default="forward", choices=["forward", "forward_grad", "both", "dream"])
+    parser.add_argument("--octaves", type=int, default=4, help="--work dream: octaves")
+    parser.add_argument("--steps", type=int, default=2, help="--work dream: steps per octave")
     args = parser.parse_args()
     for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -76,7 +78,31 @@ def main():
 
     from benchmarks import frameworks as fw
 
-    if args.contender == "onnxruntime":
+    if work == ["dream"]:  # DeepDream on one size x size image, as the techniques section runs it
+        from benchmarks import techniques as tq
+
+        if args.contender in ("pytorch", "keras"):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        phase("import framework")
+        img = tq.dream_image(args.size)
+        layers = {"block4_conv3": 1.0, "block5_conv1": 0.5}
+        setting = dict(layers=layers, octaves=args.octaves, octave_scale=1.4, steps=args.steps,
+                       step_size=0.01 * 127.5)
+        if args.contender == "engine":
+            model = fw.make("engine", args.weights, args.threads).model
+            dream = lambda: tq.engine_dream(model, img, **setting)  # noqa: E731
+        elif args.contender == "keras":
+            outputs = tq.keras_outputs(args.weights, list(layers))
+            dream = lambda: tq.dream_reference(outputs, img, **setting)  # noqa: E731
+        else:
+            from tests.reference_models import TorchVGG16
+
+            outputs = tq.torch_outputs(TorchVGG16(args.weights, include_top=False), "block5_conv1")
+            dream = lambda: tq.dream_reference(outputs, img, **setting)  # noqa: E731
+        runs = {"dream": dream}
+    elif args.contender == "onnxruntime":
         import onnxruntime as ort
 
         phase("import framework")

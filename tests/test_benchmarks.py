@@ -60,3 +60,24 @@ def test_table_and_chart_mark_failures(tmp_path):
 def test_unknown_section_is_a_usage_error():
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "nothing"])
+
+
+@pytest.mark.parametrize("contender", ["engine", "pytorch"])
+def test_worker_measures_a_dream_in_a_fresh_process(vgg16_notop_file, contender):
+    """The memory section's DeepDream rows: worker.py runs the dream (2 octaves, 1 step here) in
+    its own process and reports its phases and peak RSS."""
+    import subprocess
+    import sys
+
+    if contender == "pytorch" and not _installed("torch"):
+        pytest.skip("torch is not installed")
+    cmd = [sys.executable, str(run.ROOT / "benchmarks" / "worker.py"), contender, str(vgg16_notop_file),
+           "--size", "128", "--threads", "1", "--work", "dream", "--octaves", "2", "--steps", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=run.ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "first call done" in lines
+    record = json.loads(next(line for line in lines if line.startswith("{")))
+    assert record["work"] == ["dream"]
+    assert record["rss_end_kib"] >= record["rss_loaded_kib"] > 0
+    assert record["phases"]["first call"] > 0
