@@ -270,7 +270,7 @@ def section_techniques(bench):
     img, deepest = tq.dream_image(d_size), max(d_layers, key=bench.engines["engine_cpu"].layer_index)
 
     def dream_runs(n):
-        setting = dict(layers=d_layers, octaves=octaves if n == d_steps else 1, octave_scale=1.4, steps=n, step_size=0.01 * 127.5)
+        setting = tq.dream_setting(octaves if n == d_steps else 1, n, layers=d_layers)
         runs = {c: (lambda m=m: tq.engine_dream(m, img, **setting)) for c, m in bench.engines.items()}
         for c in [c for c in bench.twins if c == "pytorch_cuda"]:
             runs[c] = lambda t=bench.twins[c]: tq.dream_reference(tq.torch_outputs(t, deepest), img, **setting, device="cuda")

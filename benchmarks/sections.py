@@ -236,23 +236,22 @@ def section_techniques(ctx):
         ctx.note("dream timing skipped: engine.viz.dream does not exist")
     else:
         size, octaves, steps = args.dream
-        layers = {"block4_conv3": 1.0, "block5_conv1": 0.5}
+        layers = tq.DREAM_LAYERS
         img = tq.dream_image(size)
         d_outputs = {"pytorch": tq.torch_outputs(ref, "block5_conv1")}
         if keras_on:
             d_outputs["keras"] = tq.keras_outputs(ctx.weights, list(layers))
 
         def make(contender, n_steps, steps=steps, octaves=octaves, img=img, outputs=d_outputs):
-            setting = dict(layers=layers, octaves=octaves if n_steps == steps else 1, octave_scale=1.4,
-                           steps=n_steps, step_size=0.01 * 127.5)
+            setting = tq.dream_setting(octaves if n_steps == steps else 1, n_steps)
             if contender == "engine":
                 return lambda: tq.engine_dream(engine_c.model, img, **setting)
             return lambda: tq.dream_reference(outputs[contender], img, **setting)
 
         def d_followed(img=img):
             forced = _engine_decisions(engine_c.model, img, "block5_conv1")
-            return tq.dream_reference(_forced_outputs(ref, "block5_conv1", forced, 0), img, layers=layers, octaves=1,
-                                      octave_scale=1.4, steps=1, step_size=0.01 * 127.5) - img
+            return tq.dream_reference(_forced_outputs(ref, "block5_conv1", forced, 0), img,
+                                      **tq.dream_setting(1, 1)) - img
 
         jobs.append((f"dream {size}px {octaves} octaves x {steps} steps", make, steps, img, 1.0, d_followed))
     names = ["engine", "pytorch"] + (["keras"] if keras_on else [])
@@ -369,29 +368,29 @@ def section_startup(ctx):
         print(f"  {r['name']}: {r['seconds']:.2f} s to first forward ({size}px b1)", flush=True)
 
 
+def _memory_row(ctx, name, work, spawned):
+    """Record one worker's peak RSS (from ``spawn``'s result) as a row of the memory table."""
+    _, record, ru_maxrss = spawned
+    peak = record["rss_end_kib"]
+    ctx.memory.append({"contender": name, "work": work, "peak_mib": peak / 1024,
+                       "loaded_mib": record.get("rss_loaded_kib", 0) / 1024,
+                       "wait4_ru_maxrss_mib": ru_maxrss / 1024})
+    print(f"  {name}: {work}: peak {peak / 1024:.0f} MiB", flush=True)
+
+
 def section_memory(ctx):
     size, batch = ctx.args.memory_size, ctx.args.memory_batch
     for name in ctx.contenders:
         work = "forward" if name == "onnxruntime" else "both"
-        _, record, ru_maxrss = spawn(name, ctx, size, batch, work, onnx=_onnx_file(ctx))
-        peak = record["rss_end_kib"]
-        ctx.memory.append({"contender": name, "work": f"{' + '.join(record.get('work', [work]))} {size}px b{batch}",
-                           "peak_mib": peak / 1024, "loaded_mib": record.get("rss_loaded_kib", 0) / 1024,
-                           "wait4_ru_maxrss_mib": ru_maxrss / 1024})
-        print(f"  {name}: peak {peak / 1024:.0f} MiB", flush=True)
+        spawned = spawn(name, ctx, size, batch, work, onnx=_onnx_file(ctx))
+        done = " + ".join(spawned[1].get("work", [work]))
+        _memory_row(ctx, name, f"{done} {size}px b{batch}", spawned)
     # DeepDream at the techniques section's size and octaves (2 steps an octave: the peak is reached
     # in the first step of the largest octave), as the Keras example's algorithm runs it
     size, octaves, _ = ctx.args.dream
-    for name in ctx.contenders:
-        if name == "onnxruntime":
-            continue
-        _, record, ru_maxrss = spawn(name, ctx, size, 1, "dream",
-                                     extra=("--octaves", str(octaves), "--steps", "2"))
-        peak = record["rss_end_kib"]
-        ctx.memory.append({"contender": name, "work": f"dream {size}px {octaves} octaves x 2 steps",
-                           "peak_mib": peak / 1024, "loaded_mib": record.get("rss_loaded_kib", 0) / 1024,
-                           "wait4_ru_maxrss_mib": ru_maxrss / 1024})
-        print(f"  {name}: dream peak {peak / 1024:.0f} MiB", flush=True)
+    for name in [c for c in ctx.contenders if c != "onnxruntime"]:
+        spawned = spawn(name, ctx, size, 1, "dream", extra=("--octaves", str(octaves), "--steps", "2"))
+        _memory_row(ctx, name, f"dream {size}px {octaves} octaves x 2 steps", spawned)
 
 
 SECTIONS = {"network": section_network, "layers": section_layers, "techniques": section_techniques,

@@ -105,6 +105,16 @@ def dream_reference(outputs, img, layers, octaves, octave_scale, steps, step_siz
     return x.detach().cpu().numpy()
 
 
+# The dream benchmarked everywhere (techniques and memory sections, the GPU comparison): two layers,
+# octaves 1.4 apart, steps of 0.01 of the caffe range's half-width over the mean |gradient|
+DREAM_LAYERS = {"block4_conv3": 1.0, "block5_conv1": 0.5}
+
+
+def dream_setting(octaves, steps, layers=DREAM_LAYERS):
+    """The keyword arguments of ``engine_dream`` and ``dream_reference`` for the benchmarked dream."""
+    return dict(layers=layers, octaves=octaves, octave_scale=1.4, steps=steps, step_size=0.01 * 127.5)
+
+
 def engine_dream(model, img, layers, octaves, octave_scale, steps, step_size):
     module = engine_module("dream")
     return module.deep_dream(

@@ -78,34 +78,33 @@ def main():
 
     from benchmarks import frameworks as fw
 
+    if args.contender in ("pytorch", "keras"):
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.contender == "keras":
+            import keras  # noqa: F401
+    elif args.contender == "onnxruntime":
+        import onnxruntime as ort
+    else:
+        import kernels.cpu  # noqa: F401  (compiles, or loads from the cache, every kernel)
+    phase("import framework")
     if work == ["dream"]:  # DeepDream on one size x size image, as the techniques section runs it
         from benchmarks import techniques as tq
 
-        if args.contender in ("pytorch", "keras"):
-            import torch
-
-            torch.set_num_threads(args.threads)
-        phase("import framework")
-        img = tq.dream_image(args.size)
-        layers = {"block4_conv3": 1.0, "block5_conv1": 0.5}
-        setting = dict(layers=layers, octaves=args.octaves, octave_scale=1.4, steps=args.steps,
-                       step_size=0.01 * 127.5)
+        img, setting = tq.dream_image(args.size), tq.dream_setting(args.octaves, args.steps)
         if args.contender == "engine":
             model = fw.make("engine", args.weights, args.threads).model
-            dream = lambda: tq.engine_dream(model, img, **setting)  # noqa: E731
-        elif args.contender == "keras":
-            outputs = tq.keras_outputs(args.weights, list(layers))
-            dream = lambda: tq.dream_reference(outputs, img, **setting)  # noqa: E731
+            runs = {"dream": lambda: tq.engine_dream(model, img, **setting)}
         else:
-            from tests.reference_models import TorchVGG16
+            if args.contender == "keras":
+                outputs = tq.keras_outputs(args.weights, list(tq.DREAM_LAYERS))
+            else:
+                from tests.reference_models import TorchVGG16
 
-            outputs = tq.torch_outputs(TorchVGG16(args.weights, include_top=False), "block5_conv1")
-            dream = lambda: tq.dream_reference(outputs, img, **setting)  # noqa: E731
-        runs = {"dream": dream}
+                outputs = tq.torch_outputs(TorchVGG16(args.weights, include_top=False), "block5_conv1")
+            runs = {"dream": lambda: tq.dream_reference(outputs, img, **setting)}
     elif args.contender == "onnxruntime":
-        import onnxruntime as ort
-
-        phase("import framework")
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
@@ -113,15 +112,6 @@ def main():
         xn = fw.nchw(x)
         runs = {"forward": lambda: session.run(None, {"x": xn})}
     else:
-        if args.contender in ("pytorch", "keras"):
-            import torch
-
-            torch.set_num_threads(args.threads)
-            if args.contender == "keras":
-                import keras  # noqa: F401
-        else:
-            import kernels.cpu  # noqa: F401  (compiles, or loads from the cache, every kernel)
-        phase("import framework")
         contender = fw.make(args.contender, args.weights, args.threads)
         if args.contender == "keras":
             contender.model(args.size)

@@ -7,6 +7,8 @@ checks the markdown, JSON and PNG it writes; plus the chart and table code on ma
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -66,9 +68,6 @@ def test_unknown_section_is_a_usage_error():
 def test_worker_measures_a_dream_in_a_fresh_process(vgg16_notop_file, contender):
     """The memory section's DeepDream rows: worker.py runs the dream (2 octaves, 1 step here) in
     its own process and reports its phases and peak RSS."""
-    import subprocess
-    import sys
-
     if contender == "pytorch" and not _installed("torch"):
         pytest.skip("torch is not installed")
     cmd = [sys.executable, str(run.ROOT / "benchmarks" / "worker.py"), contender, str(vgg16_notop_file),
