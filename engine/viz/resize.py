@@ -21,21 +21,17 @@ the matrices above) and a CUDA kernel that computes the same weights per output 
 between octaves. Shapes: NHWC float32 in and out; ``shape`` is (height, width).
 """
 
-import numpy as np
-
 from engine.backend import get_backend
 
 
 def resize_bilinear(x, shape, backend="cpu"):
     """Resize an NHWC (or HWC) float batch to ``shape`` = (height, width); same size: a copy.
 
-    ``backend`` (a name or ``Backend``) is where x lives: host arrays on 'cpu', device arrays on
-    'cuda' (the result is a new array on the same device).
+    ``backend`` (a name or ``Backend``): where the result lives (a new array); x is copied there
+    unless it is already one of the backend's arrays.
     """
     backend = get_backend(backend)
-    on_host = isinstance(x, np.ndarray) or not hasattr(x, "shape")
-    if on_host:
-        x = np.asarray(x, dtype=np.float32)
+    x = backend.asarray(x)
     single = x.ndim == 3
     if single:
         x = x[None]
@@ -44,8 +40,6 @@ def resize_bilinear(x, shape, backend="cpu"):
     height, width = (int(s) for s in shape)
     if height < 1 or width < 1:
         raise ValueError(f"cannot resize {x.shape[1]}x{x.shape[2]} pixels to {height}x{width}")
-    if on_host:
-        x = np.ascontiguousarray(x)
     out = backend.empty((x.shape[0], height, width, x.shape[3]))
     backend.ops.resize_bilinear(x, out)
     return out[0] if single else out
