@@ -10,8 +10,10 @@ llm.c does: no hidden tape. ``Trace.backward({layer: grad, ...})`` injects gradi
 layers (DeepDream sums several) and returns the gradient with respect to the input and, on
 request, to intermediate layer outputs (Grad-CAM). No weight gradients are ever computed.
 
-Buffers are reused between passes of the same shapes, so a new trace invalidates the arrays of
-the previous one; ``forward`` and ``input_gradient`` return host copies and are always safe.
+Layer outputs and gradients live in one pool of the backend (``Backend.buffers``: one buffer per
+role and layer, grown to the largest input seen), reused by every pass, so a new trace
+invalidates the arrays of the previous one; ``forward`` and ``input_gradient`` return host
+copies and are always safe.
 """
 
 import os

@@ -18,7 +18,8 @@ applied after each step as the projection r(x + step * gradient):
 
 The steps are ``optimise`` with ``steps.Ascent`` (the shared loop, gradient normalised by its RMS)
 run in chunks between regularisations (NumPy on the host batch); each chunk's jitter is seeded
-from (seed, step), so the same seed gives the same bytes. Without jitter the run is deterministic. Arrays: NHWC float32, caffe space.
+from (seed, step), so the same seed gives the same bytes. Without jitter the run is
+deterministic. Arrays: NHWC float32, caffe space.
 """
 
 from dataclasses import dataclass

@@ -12,8 +12,8 @@ The algorithm is Keras' (fchollet's ``deep_dream.py``, Keras 2 and keras-io alik
 * octave shapes ``int(side / octave_scale**i)`` for i = octaves-1 .. 0, smallest first;
 * at each octave: resize the image to that shape, run ``steps`` steps of gradient ascent with the
   gradient divided by max(mean |g|, 1e-7) (``optimise`` with ``Ascent(normalize="mean_abs")``),
-  stopping early once the loss exceeds ``max_loss`` (``optimise.above``); then re-inject the detail lost by shrinking:
-  resize(original, shape) - resize(resize(original, previous shape), shape);
+  stopping early once the loss exceeds ``max_loss`` (``optimise.above``); then re-inject the
+  detail lost by shrinking: resize(original, shape) - resize(resize(original, previous shape), shape);
 * resizes are bilinear without antialiasing (``viz.resize``), as ``tf.image.resize``.
 
 It works in caffe-preprocessed space. The Keras example's step of 0.01 is for inputs scaled to

@@ -3,8 +3,8 @@
     result = invert(model, preprocess_input(photo), ["block1_conv2", "block2_conv2"], steps=200)
     pictures = deprocess(result.images)          # one reconstruction per layer
 
-Starting from small seeded noise, minimise over x, with Adam (``optimise`` with ``steps.Adam``; more robust
-than the paper's momentum on these mixed-scale terms) and x clipped to the pixel range:
+Starting from small seeded noise, minimise over x, with Adam (``optimise`` with ``steps.Adam``;
+more robust than the paper's momentum on these mixed-scale terms) and x clipped to the pixel range:
 
     ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2                       (gram.feature_reconstruction)
     + lambda_alpha / (H W B^alpha) * sum |x|^alpha               (objectives.alpha_norm)

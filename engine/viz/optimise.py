@@ -40,8 +40,9 @@ from engine.viz.transforms import adjoint_all, apply_all
 @dataclass
 class Result:
     images: np.ndarray  # (N, H, W, C) the optimised batch (a backend array when x was one)
-    losses: np.ndarray  # (steps run, N) loss measured at each step, before its update
-    steps: np.ndarray  # (N,) updates applied to each sample
+    losses: np.ndarray  # (steps run, N) loss measured at each step, before its update (L-BFGS:
+    # at each evaluation)
+    steps: np.ndarray  # (N,) updates applied to each sample (L-BFGS: evaluations)
     active: np.ndarray  # (N,) False for samples a stopping rule froze
     final_loss: np.ndarray  # (N,) each sample's loss at the last step it took part in (the
     # number the Keras examples report; for a sample frozen before an update, the loss that stopped it)
@@ -106,16 +107,18 @@ def optimise(model, x, objective, rule, steps: int, transforms=(), stops=(), see
         x = x[None] if x.ndim == 3 else x
     buffers = backend.buffers()
     x = backend.copy_into(x, buffers.get("x", x.shape))
+    n = x.shape[0]
     if hasattr(rule, "minimise"):  # a rule that drives its own iterations (L-BFGS)
         evaluate = lambda v: objective_gradient(model, v, objective, relu)  # noqa: E731
-        result = rule.minimise(evaluate, backend.to_host(x), steps, callback)
-        result.images = backend.asarray(result.images) if keep else result.images
-        return result
-    n = x.shape[0]
+        images, losses = rule.minimise(evaluate, backend.to_host(x), steps, callback)
+        final = losses[-1] if len(losses) else np.full(n, np.nan, np.float32)
+        images = backend.asarray(images) if keep else images
+        return Result(images, losses, np.full(n, len(losses)), np.ones(n, dtype=bool), final)
     rng = np.random.default_rng(seed)
     rule.start(buffers, x)
     active, taken = np.ones(n, dtype=bool), np.zeros(n, dtype=np.int64)
-    mask, masked = backend.copy_into(np.ones(n, np.int32), buffers.get("active", (n,), np.int32)), active.copy()
+    mask = backend.copy_into(np.ones(n, np.int32), buffers.get("active", (n,), np.int32))
+    masked = active.copy()  # what mask holds
     final_loss = np.full(n, np.nan, dtype=np.float32)
     history = []
     for step in range(steps):

@@ -107,14 +107,14 @@ class LBFGS:
         self.bounds, self.maxcor = bounds, maxcor
 
     def minimise(self, evaluate, start, steps, callback):
-        """Run scipy from the host batch ``start``; ``evaluate(x)`` -> host (loss (N,), g)."""
+        """Run scipy from the host batch ``start``; ``evaluate(x)`` -> host (loss (N,), g).
+        Returns (images, losses (evaluations, N)), host float32."""
         require_lbfgs()
         from scipy.optimize import Bounds, minimize
 
-        from engine.viz.optimise import Result
-
         shape, n = start.shape, start.shape[0]
-        low, high = (np.broadcast_to(b, shape).ravel().astype(np.float64) for b in (self.bounds or (-np.inf, np.inf)))
+        bounds = self.bounds or (-np.inf, np.inf)
+        low, high = (np.broadcast_to(b, shape).ravel().astype(np.float64) for b in bounds)
         history = []
 
         def fun(v):
@@ -126,12 +126,9 @@ class LBFGS:
 
         x0 = np.clip(start.ravel().astype(np.float64), low, high)
         # maxfun bounds the passes (line searches may take several per iteration)
-        result = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=Bounds(low, high),
-                          options={"maxiter": steps, "maxfun": steps, "maxcor": self.maxcor, "ftol": 0.0, "gtol": 0.0})
-        losses = np.array(history, dtype=np.float32).reshape(len(history), n)
-        final = losses[-1] if len(losses) else np.full(n, np.nan, np.float32)
-        return Result(images=result.x.reshape(shape).astype(np.float32), losses=losses,
-                      steps=np.full(n, int(result.nit)), active=np.ones(n, dtype=bool), final_loss=final)
+        options = {"maxiter": steps, "maxfun": steps, "maxcor": self.maxcor, "ftol": 0.0, "gtol": 0.0}
+        result = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=Bounds(low, high), options=options)
+        return result.x.reshape(shape).astype(np.float32), np.array(history, np.float32).reshape(len(history), n)
 
 
 def scipy_available() -> bool:
