@@ -14,7 +14,13 @@ The algorithm is Keras' (fchollet's ``deep_dream.py``, Keras 2 and keras-io alik
   gradient divided by max(mean |g|, 1e-7) (``optimise`` with ``Ascent(normalize="mean_abs")``),
   stopping early once the loss exceeds ``max_loss`` (``optimise.above``); then re-inject the
   detail lost by shrinking: resize(original, shape) - resize(resize(original, previous shape), shape);
-* resizes are bilinear without antialiasing (``viz.resize``), as ``tf.image.resize``.
+* resizes are the backend's ``resize_bilinear`` op: ``tf.image.resize(..., "bilinear")`` (=
+  PyTorch's ``interpolate(align_corners=False, antialias=False)``): half-pixel centres, edges
+  clamped, no antialiasing when shrinking (PIL widens its filter then, which gives a smoother
+  small octave), correctly rounded to float32 on every backend. That matters more than it
+  seems: the input gradient of a deep ReLU network is "shattered" (a change of 1e-7 in the input
+  can change it by 1%), so an octave that starts from a slightly different resize ends in a
+  visibly different dream.
 
 It works in caffe-preprocessed space. The Keras example's step of 0.01 is for inputs scaled to
 [-1, 1]; caffe inputs span about 255 units, so the default ``step_size`` is 0.01 * 127.5.
@@ -47,7 +53,6 @@ from engine.errors import ConvscopeError
 from engine.model import layer_output_shape
 from engine.viz.objectives import INPUT, Objective
 from engine.viz.optimise import above, objective_gradient, optimise
-from engine.viz.resize import resize_bilinear
 from engine.viz.steps import Ascent
 
 DEFAULT_LAYERS = {"block4_conv3": 1.0, "block5_conv1": 0.5}
@@ -233,6 +238,11 @@ def dream_objective(model, layers: dict, tile: int = 512, roll: int = 0, seed: i
 # ------------------------------------------------------------------------------- the octaves
 
 
+def _resized(backend, x, shape):
+    """A new (N, h, w, C) array of ``backend``: the batch x (one of its arrays) resized to shape."""
+    return backend.ops.resize_bilinear(x, backend.empty((x.shape[0], *shape, x.shape[3])))
+
+
 def deep_dream(
     model,
     x,
@@ -278,20 +288,20 @@ def deep_dream(
     backend = model.backend
     ops = backend.ops
     original = backend.asarray(x)  # on the device for the whole dream (the CPU: x itself)
-    shrunk_original = resize_bilinear(original, shapes[0], backend)
+    shrunk_original = _resized(backend, original, shapes[0])
     img = original
     result = DreamResult(images=None)
     for octave, shape in enumerate(shapes):
-        img = resize_bilinear(img, shape, backend)
+        img = _resized(backend, img, shape)
         step_callback = None if callback is None else (lambda step, loss, o=octave: callback(o, step, loss))
         ascent = optimise(
             model, img, objective, Ascent(step_size, "mean_abs", 1e-7), steps,
             stops=[] if max_loss is None else [above(max_loss)], seed=seed, callback=step_callback,
         )
         img = ascent.images
-        same_size_original = resize_bilinear(original, shape, backend)
+        same_size_original = _resized(backend, original, shape)
         # img += same_size_original - resize(shrunk_original), as two exact float32 axpys
-        lost = ops.axpy(-1.0, same_size_original, resize_bilinear(shrunk_original, shape, backend))
+        lost = ops.axpy(-1.0, same_size_original, _resized(backend, shrunk_original, shape))
         ops.axpy(-1.0, lost, img)
         shrunk_original = same_size_original
         result.losses.append(ascent.losses)
