@@ -101,15 +101,16 @@ class Affine(Transform):
 
 
 def _on_host(transform, backend, x):
-    """The host copy of a backend array, saying once when that is a copy from a device."""
-    if not backend.owns(np.empty(0)):
+    """x as a host array, saying once when that took a copy from a device."""
+    host = backend.to_host(x, copy=False)
+    if host is not x:
         warnings.warn(
             f"{type(transform).__name__} has no {backend.name} kernel: it runs on the host, copying the "
             "image batch there and back at every step",
             RuntimeWarning,
             stacklevel=4,
         )
-    return backend.to_host(x, copy=False)
+    return host
 
 
 def jitter(pixels: int) -> Jitter:
