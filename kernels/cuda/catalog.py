@@ -6,10 +6,11 @@ int64, scalars for float math are passed as float32.
 
 from numba import float32, int32, int64
 
-from kernels.cuda import activations, conv, elementwise, images, pool, scores, softmax
+from kernels.cuda import activations, conv, elementwise, fourier, images, pool, scores, softmax
 from kernels.cuda.gemm import DEFAULT_TILE, conv_gemm_kernel
 
 F1, F2, F4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
+F5 = float32[:, :, :, :, ::1]
 I4 = int32[:, :, :, ::1]
 I1, L1 = int32[::1], int64[::1]
 
@@ -45,5 +46,7 @@ def kernels():
         ("resize_bilinear", images.resize_bilinear_kernel, (F4, F4)),
         ("copy_window", images.copy_window_kernel, (F4, int64, int64, F4)),
         ("add_window", images.add_window_kernel, (F4, int64, int64, F4)),
+        ("irfft2_forward", fourier.irfft2_forward_kernel, (F5, F2, F4)),
+        ("irfft2_backward", fourier.irfft2_backward_kernel, (F4, F2, F5)),
     ]
     return [(name, dispatcher.py_func, argtypes) for name, dispatcher, argtypes in table]
