@@ -143,3 +143,15 @@ def test_shapes_that_do_not_fit_are_refused(backend):
         run(backend, "irfft2_forward", spectrum[:, :, :, :3].copy(), scale, np.empty((1, 4, 6, 3), np.float32))
     with pytest.raises(ValueError, match="scale"):
         run(backend, "irfft2_backward", grad, scale[:3].copy(), np.empty(spectrum.shape, np.float32))
+
+
+def test_catalog_lists_the_fourier_kernels():
+    """benchmarks/ptx_report.py compiles what the catalog lists (and fails on spills)."""
+    pytest.importorskip("numba_cuda", reason='numba-cuda not installed: pip install -e ".[cuda]"')
+    from kernels.cuda import catalog, fourier
+
+    listed = {function for _, function, _ in catalog.kernels()}
+    kernels_here = [name for name in dir(fourier) if name.endswith("_kernel")]
+    assert len(kernels_here) == 2
+    for name in kernels_here:
+        assert getattr(fourier, name).py_func in listed, name
