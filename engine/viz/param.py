@@ -16,15 +16,18 @@ Contract of an ``ImageParam`` built for a backend and a batch shape (N, H, W):
   (0..255 minus the mean): what ``Model.trace`` takes.
 * ``backward(grad_images) -> grad_params``: the exact adjoint (Jacobian transpose) of ``forward``
   at the params of the last ``forward`` call, for d loss / d images shaped like images.
-* Results are buffers of the object's ``Workspace``, overwritten by the next call: copy what must
-  outlive a step. Nothing crosses to the host (the constants go to the device once).
+* Results are buffers of the object's ``Workspace``, overwritten by the next call (the identity
+  returns its argument itself): copy what must outlive a step. Nothing crosses to the host (the
+  constants go to the device once).
 
 The stages, in order (``image`` picks them):
 
 1. spatial: ``Pixel`` (the identity: the params are the image) or ``Fourier``: params
    (N, 3, H, W//2+1, 2), real and imaginary parts of a half spectrum (Lucid's layout), times
    1 / max(f, 1/max(H, W)) ** decay_power (f in cycles per pixel), through the orthonormal inverse
-   real DFT (``irfft2_forward``), divided by 4 (Lucid's constant, "reduces saturation").
+   real DFT (``irfft2_forward``), divided by 4 (Lucid's constant, "reduces saturation"). For an
+   odd W Lucid's spectrum has one more column, which its inverse DFT never reads; here it is
+   left out, so Lucid's even-width spectra load as they are and odd-width ones less that column.
 2. colour: ``ColourAffine``: each pixel's 3 values times a 3x3 matrix plus a bias (``dense_forward``).
    ``decorrelate`` uses Lucid's square root of the ImageNet colour correlation, normalised by its
    largest column norm; with ``valid="clip"`` the bias is Lucid's colour mean (0.48, 0.46, 0.41).
