@@ -56,5 +56,14 @@ LOOP_OPS = (
 )
 """What the optimisation loop (``engine/viz/optimise.py``) does between passes: steps, scores, image moves."""
 
-OP_NAMES = NETWORK_OPS + LOOP_OPS
+FOURIER_OPS = (
+    "irfft2_forward",
+    "irfft2_backward",
+)
+"""The Fourier image parameterisation (``engine/viz/param.py``): a weighted half spectrum to an
+image batch, and the exact adjoint. Spectra are (N, C, H, W//2 + 1, 2) float (real, imaginary
+last: Lucid's layout), frequency weights (H, W//2 + 1), images NHWC; the map is the orthonormal
+inverse real 2-D DFT of numpy.fft.irfft2 (see ``reference.irfft2_forward``)."""
+
+OP_NAMES = NETWORK_OPS + LOOP_OPS + FOURIER_OPS
 """Every op that every backend exports."""

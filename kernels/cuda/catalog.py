@@ -16,9 +16,9 @@ import numba
 import numpy as np
 
 from kernels import OP_NAMES, reference
-from kernels.cuda import activations, conv, elementwise, gemm, images, pool, scores, softmax
+from kernels.cuda import activations, conv, elementwise, fourier, gemm, images, pool, scores, softmax
 
-MODULES = (activations, conv, elementwise, images, pool, scores, softmax)
+MODULES = (activations, conv, elementwise, fourier, images, pool, scores, softmax)
 
 BATCH = np.zeros((2, 4, 4, 2), np.float32)
 DENSE = np.zeros((2, 4), np.float32)
@@ -31,6 +31,8 @@ EXAMPLES = {
     "shift": (1, 1), "origin": (0, 0),
 }
 DENSE_EXAMPLES = {"kernel": np.zeros((4, 4), np.float32), "bias": np.zeros(4, np.float32)}
+SPECTRUM = np.zeros((2, 2, 4, 3, 2), np.float32)  # the spectrum of BATCH: (N, C, H, W//2+1, 2)
+FOURIER_EXAMPLES = {"spectrum": SPECTRUM, "grad_spectrum": SPECTRUM, "scale": np.zeros((4, 3), np.float32)}
 
 
 def example_arguments(op):
@@ -40,6 +42,8 @@ def example_arguments(op):
     batch = DENSE if dense else BATCH
     if op == "sample_scale":
         examples["out"] = SAMPLES
+    if op.startswith("irfft2"):
+        examples.update(FOURIER_EXAMPLES)
     return [examples.get(name, batch) for name in inspect.signature(getattr(reference, op)).parameters]
 
 
