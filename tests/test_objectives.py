@@ -9,7 +9,7 @@ from engine.model import Model
 from engine.viz import objectives as obj
 from engine.viz.optimise import above, nonpositive, optimise
 from engine.viz.steps import Ascent
-from engine.viz.transforms import Affine, Jitter, adjoint_all, apply_all, standard_transforms
+from engine.viz.transforms import Affine, Jitter, Pad, adjoint_all, apply_all, standard_transforms
 from tests.synthetic import uniform
 from tests.test_model import small_spec
 
@@ -72,25 +72,39 @@ def test_channel_loss_is_the_mean_of_each_samples_channel():
 REFERENCE64 = get_backend("reference", np.float64)
 
 
-@pytest.mark.parametrize("transform", [Jitter(3), Affine((0.9, 1.1), (-7, 12))])
+@pytest.mark.parametrize("transform", [Jitter(3), Affine((0.9, 1.1), (-7, 12)), Pad(2, 0.0)])
 def test_transform_adjoint(transform):
     x = uniform(12, "x", (2, 9, 11, 3), -1, 1).astype(np.float64)
-    y = uniform(12, "y", (2, 9, 11, 3), -1, 1).astype(np.float64)
-    tx = np.zeros_like(x)
+    shape = transform.output_shape(x.shape)
+    y = uniform(12, "y", shape, -1, 1).astype(np.float64)
+    tx = np.zeros(shape)
     state = transform.apply(REFERENCE64, x, np.random.default_rng(3), tx)
     lhs = np.sum(tx * y)
-    rhs = np.sum(x * transform.adjoint(REFERENCE64, y, state, np.zeros_like(y)))
+    rhs = np.sum(x * transform.adjoint(REFERENCE64, y, state, np.zeros_like(x)))
     assert abs(lhs - rhs) < 1e-9 * (abs(lhs) + 1)
 
 
 def test_composed_transforms_adjoint_and_change_the_image():
     x = uniform(13, "x", (1, 16, 16, 3), -1, 1).astype(np.float64)
-    y = uniform(13, "y", (1, 16, 16, 3), -1, 1).astype(np.float64)
-    ts = standard_transforms(jitter_pixels=2)
+    ts = standard_transforms(pad_value=[0.5, -1.0, 2.0], pad_pixels=3, jitter_pixels=2)
+    y = uniform(13, "y", (1, 22, 22, 3), -1, 1).astype(np.float64)
     buffers = REFERENCE64.buffers()
     tx, states = apply_all(buffers, ts, x, np.random.default_rng(5))
-    assert not np.allclose(tx, x)
-    assert abs(np.sum(tx * y) - np.sum(x * adjoint_all(buffers, ts, y, states))) < 1e-9 * np.abs(tx * y).sum()
+    tx = tx.copy()  # a buffer of the next apply_all
+    assert tx.shape == y.shape and not np.allclose(tx[:, 3:-3, 3:-3], x)
+    # the constant border is affine, not linear: the adjoint pairs with T(x) - T(0)
+    t0, _ = apply_all(buffers, ts, np.zeros_like(x), np.random.default_rng(5))
+    linear = tx - t0
+    assert abs(np.sum(linear * y) - np.sum(x * adjoint_all(buffers, ts, y, states))) < 1e-9 * np.abs(linear * y).sum()
+
+
+def test_pad_is_a_constant_border():
+    x = uniform(14, "x", (2, 4, 5, 3), -1, 1).astype(np.float32)
+    out = np.zeros((2, 8, 9, 3), np.float32)
+    Pad(2, [1.0, 2.0, 3.0]).apply(get_backend("cpu"), x, None, out)
+    expected = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    expected[:, :2] = expected[:, -2:] = expected[:, :, :2] = expected[:, :, -2:] = [1.0, 2.0, 3.0]
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize(
