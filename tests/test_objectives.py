@@ -44,6 +44,12 @@ def acts64():
         (obj.channel("conv", 2, border=1), "conv"),
         (obj.mean_square("conv", border=1), "conv"),
         (obj.dream({"conv": 0.7}, border=2), "conv"),
+        (obj.neuron("conv", [1, 3]), "conv"),
+        (obj.neuron("conv", 2, y=5, x=0), "conv"),
+        (obj.direction("conv", [0.3, -1.0, 0.5, 2.0]), "conv"),
+        (obj.direction("conv", [[0.3, -1.0, 0.5, 2.0], [1.0, 0.0, 0.0, 0.0]]), "conv"),
+        (obj.diversity("conv"), "conv"),
+        (obj.channel("conv", 1) - 10.0 * obj.diversity("conv"), "conv"),
         (obj.class_logit([4, 0]), "logits"),
         (obj.l2(center=uniform(11, "center", (2, 5, 4, 3), -1, 1)), "input"),
         (obj.l2(), "input"),
@@ -61,6 +67,21 @@ def test_objective_gradients_match_finite_differences(objective, name):
     expected = numeric_gradient(objective, acts, name)
     assert np.abs(expected).max() > 0
     np.testing.assert_allclose(grads[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_lucent_definitions():
+    """neuron, direction and diversity as Lucent computes them (NumPy transcriptions)."""
+    a = acts64()["conv"]  # (2, 6, 5, 4)
+    np.testing.assert_allclose(obj.neuron("conv", [1, 3])({"conv": a})[0], [a[0, 3, 2, 1], a[1, 3, 2, 3]])
+    d = np.array([0.3, -1.0, 0.5, 2.0])
+    cosine = (a @ d) / (np.linalg.norm(a, axis=3) * np.linalg.norm(d))
+    np.testing.assert_allclose(obj.direction("conv", d)({"conv": a})[0], cosine.mean(axis=(1, 2)))
+    x = np.concatenate([a, a[:1] * 2.0])  # sample 2's Gram is sample 0's, scaled
+    grams = np.einsum("nhwc,nhwd->ncd", x, x)
+    grams /= np.linalg.norm(grams.reshape(3, -1), axis=1)[:, None, None]
+    lucid = sum((grams[i] * grams[j]).sum() for i in range(3) for j in range(3) if j != i) / 3
+    loss = obj.diversity("conv")({"conv": x})[0]
+    assert loss.sum() == pytest.approx(lucid) and loss[0] == pytest.approx(loss[2])
 
 
 def test_channel_loss_is_the_mean_of_each_samples_channel():
