@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import engine
 from engine.errors import ConvscopeError
@@ -72,3 +73,50 @@ def test_diversity_makes_samples_differ(model):
     similarity = lambda result: objectives.diversity(LAYER)(model.forward(result.raw, outputs=[LAYER]))[0].sum()
     assert similarity(diverse) < similarity(plain)
     assert list(diverse.filters) == [3, 3, 3]
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    import cli
+
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def test_filters_command_lucid_options_same_seed_same_bytes(vgg16_notop_file, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photo)
+    common = ["filters", "--weights", vgg16_notop_file, "--layer", LAYER, "--size", 16, "--steps", 3,
+              "--param", "fft", "--decorrelate", "--robust"]
+    runs = {
+        "neuron": (4, ["--objective", "neuron", "--filters", "3,4", "--samples", 2, "--diversity", 10]),
+        "direction": (2, ["--objective", "direction", "--direction-from", photo, "--samples", 2]),
+    }
+    for name, (pictures, extra) in runs.items():
+        outputs = [tmp_path / f"{name}{i}.png" for i in range(2)]
+        for out in outputs:
+            result = invoke(*common, *extra, "-o", out)
+            assert result.exit_code == 0, result.output
+        assert outputs[0].read_bytes() == outputs[1].read_bytes()
+        assert Image.open(outputs[0]).size == (pictures * 16 + (pictures - 1) * 5, 16)  # one row
+    bad = invoke(*common, "--objective", "direction", "-o", tmp_path / "bad.png")
+    assert bad.exit_code == 1 and "--direction-from" in bad.stderr and not (tmp_path / "bad.png").exists()
+
+
+def test_filters_all_is_an_atlas_and_resumes(vgg16_notop_file, tmp_path):
+    out = tmp_path / "atlas.png"
+    args = ["filters", "--weights", vgg16_notop_file, "--layer", "block1_conv2", "--all", "--size", 8,
+            "--steps", 2, "--param", "fft", "--decorrelate", "--batch", 16, "-o", out]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert Image.open(out).size == (8 * 8 + 7 * 2,) * 2 and "0 kept" in first.stdout
+    atlas, page = out.read_bytes(), out.with_suffix(".html").read_text()
+    assert page.count("<figure>") == 64 and "63: " in page
+    (folder,) = (tmp_path / "atlas.tiles").iterdir()
+    for c in (0, 17, 63):  # as if interrupted before these channels were written
+        (folder / f"channel_{c:04d}.npz").unlink()
+    again = invoke(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert "61 kept" in again.stdout and out.read_bytes() == atlas
+    other = invoke(*args[:-2], "--seed", 1, "-o", tmp_path / "other.png")  # other settings: another folder
+    assert other.exit_code == 0 and len(list((tmp_path / "other.tiles").iterdir())) == 1
