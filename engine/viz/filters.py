@@ -184,12 +184,13 @@ def _upscale(x, size):
     return np.stack([resize(image, (size, size), "bicubic") for image in x])
 
 
-def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transforms, tv, l2, report, look):
-    """Run every stage on one batch of filters; returns (float32 images at the last size, losses)."""
+def _optimise_batch(model, layer, pictures, sizes, steps, step_size, seed, transforms, tv, l2, report, look):
+    """Run every stage on one batch of (filter, sample) ``pictures`` (k, 2); returns (float32
+    images at the last size, losses)."""
     if look["lucid"]:
-        return _optimise_lucid(model, layer, filters, sizes[-1], steps, seed, transforms, tv, l2, report, look)
-    x = start_images(filters[:, 0], sizes[0], seed, model.input_shape[2], filters[:, 1]).astype(np.float32)
-    filters = filters[:, 0]
+        return _optimise_lucid(model, layer, pictures, sizes[-1], steps, seed, transforms, tv, l2, report, look)
+    x = start_images(pictures[:, 0], sizes[0], seed, model.input_shape[2], pictures[:, 1]).astype(np.float32)
+    filters = pictures[:, 0]
     alive = np.ones(len(filters), dtype=bool)
     final = np.zeros(len(filters), dtype=np.float32)
     for stage, size in enumerate(sizes):
@@ -319,8 +320,9 @@ def visualize_filters(
         order = positive[np.argsort(-losses[positive], kind="stable")]
         if keep is not None:
             order = order[: max(0, int(keep))]
+    picture = deprocess if lucid else standardize_to_uint8  # Lucid's images are the pictures themselves
     return FilterResult(
-        images=(deprocess if lucid else standardize_to_uint8)(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
+        images=picture(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
         raw=raw[order],
         filters=chosen[order],
         losses=losses[order],
