@@ -165,14 +165,14 @@ def _target(kind, layer, filters, direction):
     return objectives.neuron(layer, filters) if kind == "neuron" else objectives.channel(layer, filters)
 
 
-def _objective(target, n_values, tv, l2, diversity=0.0, layer=None):
+def _objective(target, n_values, tv, l2, diversity=0.0, layer=None, gray=GRAY):
     objective = target
     if diversity:
         objective = objective - float(diversity) * objectives.diversity(layer)
     if tv:
         objective = objective - (float(tv) / n_values) * objectives.total_variation()
     if l2:
-        objective = objective - (float(l2) / n_values) * objectives.l2(center=GRAY)
+        objective = objective - (float(l2) / n_values) * objectives.l2(center=gray)
     return objective
 
 
@@ -219,7 +219,7 @@ def _optimise_lucid(model, layer, pictures, size, steps, seed, transforms, tv, l
                           decorrelate=look["decorrelate"], valid="sigmoid")
     start = np.stack([_generator(seed, t, k).standard_normal(p.param_shape[1:]) for t, k in zip(targets, samples)]) * p.sd
     target = _target(look["objective"], layer, targets, look["direction"])
-    objective = _objective(target, size * size * 3, tv, l2, look["diversity"], layer)
+    objective = _objective(target, size * size * 3, tv, l2, look["diversity"], layer, CAFFE_GRAY.astype(np.float32))
     result = optimise(model, start.astype(np.float32), -objective, Adam(look["lr"]), steps, transforms=transforms,
                       seed=seed, param=p, callback=lambda step, _loss: report(0, step + 1))
     acts = model.forward(result.images, outputs=[layer])
