@@ -99,8 +99,16 @@ def test_filters_command_lucid_options_same_seed_same_bytes(vgg16_notop_file, tm
             assert result.exit_code == 0, result.output
         assert outputs[0].read_bytes() == outputs[1].read_bytes()
         assert Image.open(outputs[0]).size == (pictures * 16 + (pictures - 1) * 5, 16)  # one row
-    bad = invoke(*common, "--objective", "direction", "-o", tmp_path / "bad.png")
-    assert bad.exit_code == 1 and "--direction-from" in bad.stderr and not (tmp_path / "bad.png").exists()
+    for extra, message in [
+        (["--objective", "direction"], "--direction-from"),
+        (["--objective", "direction", "--direction-from", tmp_path / "missing.jpg"], "missing.jpg"),
+        (["--param", "wavelet"], "--param wavelet"),
+        (["--all", "--filters", "1"], "--all takes none"),
+        (["--samples", 2], "needs --filters"),
+    ]:
+        bad = invoke(*common, *extra, "-o", tmp_path / "bad.png")
+        assert bad.exit_code == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "bad.png").exists() and not (tmp_path / "bad.tiles").exists()
 
 
 def test_filters_all_is_an_atlas_and_resumes(vgg16_notop_file, tmp_path):
