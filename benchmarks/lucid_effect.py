@@ -7,13 +7,12 @@ For each method, every filter 0..n-1 of the layer is optimised once (same seed),
 on its final network input, without transforms:
 
 * activation: the filter's mean activation over positions (what both methods maximise);
-* dead: the picture shows nothing of the filter in its middle, either because the filter never
-  fired (its activation at the final image is <= 0; the Keras example drops such filters) or
-  because the central half of the network input (rows and columns H/4..3H/4, pixel levels)
-  has a std below FLAT_STD = 8 levels: no more contrast than the Keras example's start noise
-  (uniform, 20 levels wide: std 5.8), or Lucid's near-uniform gray start. (The Keras pictures are
-  standardised per image for display, which stretches such leftover noise to full contrast: the
-  gray-noise tiles.)
+* dead: the picture is (largely) blank: the filter never fired (its activation at the final
+  image is <= 0; the Keras example drops such filters), or more than a quarter of the picture's
+  16 x 16 px blocks are flat: the std of the network input over a block below FLAT_STD = 8
+  pixel levels, no more contrast than the Keras example's start noise (uniform, 20 levels wide:
+  std 5.8) or Lucid's near-uniform gray start. (The Keras pictures are standardised per image
+  for display, which stretches such leftover noise to full contrast: the gray-noise tiles.)
 
 Writes <out>/filters_<layer>_pixel.png and _lucid.png (filters 0-7 in a row, PNG with a 256-colour
 palette to keep them small) and prints one table row per method. Numbers and pictures are quoted
@@ -32,6 +31,8 @@ from engine.viz.filters import visualize_filters
 from engine.viz.pictures import stitch_grid
 
 FLAT_STD = 8.0  # pixel levels
+BLOCK = 16  # px
+FLAT_SHARE = 0.25  # of the blocks
 METHODS = {
     "pixel": dict(),
     "lucid": dict(param="fft", decorrelate=True, robust=True),
@@ -44,9 +45,10 @@ def measure(model, layer, filters, size, steps, method):
     elapsed = time.perf_counter() - start
     activation = model.forward(result.raw, outputs=[layer])[layer][..., :].mean(axis=(1, 2))
     activation = activation[np.arange(len(filters)), filters]
-    q = size // 4
-    middle = result.raw[:, q : size - q, q : size - q, :]
-    flat = middle.reshape(len(filters), -1).std(axis=1) < FLAT_STD
+    n, b = len(filters), BLOCK
+    blocks = result.raw[:, : size // b * b, : size // b * b].reshape(n, size // b, b, size // b, b, -1)
+    blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, (size // b) ** 2, -1)
+    flat = (blocks.std(axis=2) < FLAT_STD).mean(axis=1) > FLAT_SHARE
     dead = (activation <= 0) | flat
     return result, activation, dead, elapsed
 
