@@ -5,16 +5,16 @@ Lavin & Gray's minimal filtering: an output tile Y (m x m) of one channel pair i
 9 m^2 / a^2 of a direct convolution's multiplications (2.25x fewer for F(2x2), 4x for F(4x4)).
 Summed over input channels the element-wise product becomes a^2 independent GEMMs:
 
-    (d B)[i, k, t, ci]                    tiles gathered, zero-padded, rows      (Numba)
-    V[k, t, ci] = (B^T d_t B)[k]          columns                                (Numba)
+    V[k, t, ci] = (B^T d_t B)[k]          tiles gathered, zero-padded, transformed
+                                          rows then columns, tile by tile          (Numba)
     U[k, ci, co] = (G g G^T)[k]           kernel transform, cached (see below)
     M[k] = V[k] @ U[k]                    a^2 SGEMMs (T x Ci) @ (Ci x Co)        (OpenBLAS)
     Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform, two passes           (Numba)
     out[tile t] = [relu](Y + bias)        scattered, ragged edges dropped        (Numba)
 
-The transforms are separable and applied one axis at a time to every (tile, channel) at once
-(``transform_axis``): each pass is contiguous runs scaled and summed (zero coefficients
-skipped), which LLVM vectorises. A per-tile transform with all a^2 values in registers (the
+The transforms are separable and applied one axis at a time (``transform_axis``, or per tile in
+``gather_tiles``): each pass is contiguous runs of channels (or tiles) scaled and summed (zero
+coefficients skipped), which LLVM vectorises. A per-tile transform with all a^2 values in registers (the
 first version of this file) did not: its a^2 load/store streams at runtime strides exceed LLVM's
 runtime alias-check budget, so it ran scalar (~0.7 GB/s per thread, slower than the GEMMs) and
 took minutes to compile.
@@ -52,7 +52,13 @@ import numpy as np
 from numba import njit
 
 from kernels.cpu import _threads
-from kernels.cpu._types import FLOATS, b1, c_array, i64, per_float, types
+from kernels.cpu._types import c_array, i64, types
+from kernels.cpu.winograd_tiles import (
+    _maybe_readonly,
+    gather_tiles,
+    scatter_tiles,
+    scatter_tiles_channels_first,
+)
 
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
@@ -99,11 +105,6 @@ _G = {
 }
 
 
-def _maybe_readonly(ndim):
-    """C-contiguous array types of every float, writable and read-only (weights may be frozen)."""
-    return [types.Array(f, ndim, "C", readonly=r) for f in FLOATS for r in (False, True)]
-
-
 # --- the separable transforms ---------------------------------------------------------------------
 
 _BLOCK = 512  # values of the innermost axis per work item: a few blocks of it fit in L1
@@ -146,108 +147,6 @@ def transform_axis(mat, src, outer, inner, dst):
                 else:
                     for p in range(p1 - p0):
                         out[p] += c * row[p]
-
-
-# --- tile gather (+ row transform) and scatter ----------------------------------------------------
-
-
-@njit(
-    [
-        types.void(x_type, c_array(x_type.dtype, 2), i64, i64, i64, i64, i64, i64,
-                   c_array(x_type.dtype, 1))
-        for x_type in _maybe_readonly(4)
-    ],
-    nogil=True,
-    cache=True,
-)
-def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
-    """r[i, k, t, c] = sum_j bt[k, j] x[n, y0 + i, x0 + j, c] (zero outside x): (d B)[i, k].
-
-    The tiles t0 .. t0 + tc - 1 are gathered and transformed along their rows in one pass. r is
-    flat, (a, a, tc, ci) with a = m + 2 and tc = r.size // (a^2 ci); tile t0 + t is image n,
-    tile row ty, column tx, with y0 = ty*m - top, x0 = tx*m - left. Each term is a contiguous
-    run of ci values (one load and one load/store stream: vectorised); taps outside x and zero
-    coefficients are skipped.
-    """
-    _, h, w, ci = x.shape
-    a = m + 2
-    tc = r.size // (a * a * ci)
-    plane = tc * ci
-    per_image = tiles_h * tiles_w
-    flat = x.reshape(-1)
-    for t in range(tc):
-        tt = t0 + t
-        n = tt // per_image
-        rem = tt - n * per_image
-        ty = rem // tiles_w
-        y0 = ty * m - top
-        x0 = (rem - ty * tiles_w) * m - left
-        for i in range(a):
-            iy = y0 + i
-            for k in range(a):
-                dst = r[(i * a + k) * plane + t * ci : (i * a + k) * plane + (t + 1) * ci]
-                first = True
-                if 0 <= iy < h:
-                    for j in range(a):
-                        coef = bt[k, j]
-                        ix = x0 + j
-                        if coef == 0 or ix < 0 or ix >= w:
-                            continue
-                        src = flat[((n * h + iy) * w + ix) * ci : ((n * h + iy) * w + ix + 1) * ci]
-                        if first:
-                            for c in range(ci):
-                                dst[c] = coef * src[c]
-                            first = False
-                        else:
-                            for c in range(ci):
-                                dst[c] += coef * src[c]
-                if first:
-                    for c in range(ci):
-                        dst[c] = 0
-
-
-@njit(
-    per_float(
-        lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4), b1)
-    ),
-    nogil=True,
-    cache=True,
-)
-def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, channels_first):
-    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
-
-    y is flat, (m, m, tc, co), or (m, m, co, tc) with ``channels_first`` (the swapped GEMMs of
-    the input gradient); outputs of ragged edge tiles that fall outside out are dropped.
-    """
-    _, ho, wo, co = out.shape
-    tc = y.size // (m * m * co)
-    plane = tc * co
-    per_image = tiles_h * tiles_w
-    flat = out.reshape(-1)
-    for t in range(tc):
-        tt = t0 + t
-        n = tt // per_image
-        r = tt - n * per_image
-        ty = r // tiles_w
-        oy = ty * m
-        ox = (r - ty * tiles_w) * m
-        for i in range(min(m, ho - oy)):
-            for j in range(min(m, wo - ox)):
-                dst = ((n * ho + oy + i) * wo + ox + j) * co
-                if channels_first:
-                    src = (i * m + j) * plane + t
-                    for c in range(co):
-                        v = y[src + c * tc] + bias[c]
-                        flat[dst + c] = (0 if v < 0 else v) if relu else v
-                    continue
-                src = (i * m + j) * plane + t * co
-                if relu:
-                    for c in range(co):
-                        v = y[src + c] + bias[c]
-                        flat[dst + c] = 0 if v < 0 else v  # NaN propagates, as np.maximum
-                else:
-                    for c in range(co):
-                        flat[dst + c] = y[src + c] + bias[c]
 
 
 # --- the algorithm ---------------------------------------------------------------------------------
@@ -380,24 +279,26 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     def chunk(t0):
         size = min(tc, total - t0)
         p, q = size * ci, size * co
-        # r (rows-transformed tiles) is dead once d is made, so s (A^T M) reuses its buffer
-        rs = _threads.scratch("wino_rs", max(a * a * p, a * m * q), dtype)
-        r, s = rs[: a * a * p], rs[: a * m * q]
-        d = _threads.scratch("wino_d", a * a * p, dtype)
+        # V is dead once M is made, so s (A^T M) reuses its buffer
+        vs = _threads.scratch("wino_vs", max(a * a * p, a * m * q), dtype)
+        d, s = vs[: a * a * p], vs[: a * m * q]
         mm = _threads.scratch("wino_m", a * a * q, dtype)
-        # V = B^T d B: gathered and transformed along rows, then along columns (separable)
-        gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
-        transform_axis(bt, r, 1, a * p, d)
+        # V = B^T d B, gathered and transformed tile by tile
+        gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, d)
         v = d.reshape(a * a, size, ci)
         if swapped:  # M^T = U^T^T V^T: (a^2, co, tiles), U in its stored (contiguous) layout
             _gemms(u.transpose(0, 2, 1), v.transpose(0, 2, 1), mm.reshape(a * a, co, size), share)
         else:
             _gemms(v, u, mm.reshape(a * a, size, co), share)
-        # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
+        # Y = A^T M A, separable: along columns into s, then along rows (into M's buffer, or, for
+        # the swapped layout, block by block as the tiles are written)
         transform_axis(at, mm, a, q, s)
-        y = mm[: m * m * q]
-        transform_axis(at, s, 1, m * q, y)
-        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, swapped)
+        if swapped:
+            scatter_tiles_channels_first(s, at, bias, relu, m, tiles_h, tiles_w, t0, out)
+        else:
+            y = mm[: m * m * q]
+            transform_axis(at, s, 1, m * q, y)
+            scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
 
     _threads.run_chunks(chunk, range(0, total, tc))
     return out
