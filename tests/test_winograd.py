@@ -187,6 +187,37 @@ def test_big_kernels_keep_one_transform(monkeypatch):
     winograd.clear_kernel_cache()
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_big_transforms_of_many_tile_calls_are_rebuilt_not_kept(monkeypatch, transposed):
+    """A transform of at least UNCACHED_MIN_BYTES in a call of at least UNCACHED_MIN_TILES tiles is
+    built per call (into a reused buffer) and not cached; one already cached is used. Same bits."""
+    rng = np.random.default_rng(6)
+    x, kernel, bias = random_layer(rng, 2, 9, 10, 7, 6)
+    kernel.flags.writeable = False
+    if transposed:
+        x = rng.standard_normal((2, 9, 10, 6)).astype(np.float32)
+        bias = None
+    out_shape = (2, 9, 10, 7 if transposed else 6)
+    winograd.clear_kernel_cache()
+    cached = np.full(out_shape, np.nan, np.float32)
+    winograd.conv_winograd(x, kernel, bias, (1, 1), not transposed, cached, transposed, m=4)
+    assert len(winograd._kernel_cache) >= 1
+    winograd.clear_kernel_cache()
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_BYTES", 36 * 7 * 6 * 4)
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_TILES", 2 * 3 * 3)  # this call's tiles (m = 4)
+    for _ in range(2):  # the second call reuses the thread's buffer
+        rebuilt = np.full(out_shape, np.nan, np.float32)
+        winograd.conv_winograd(x, kernel, bias, (1, 1), not transposed, rebuilt, transposed, m=4)
+        assert len(winograd._kernel_cache) == 0
+        np.testing.assert_array_equal(rebuilt, cached)
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_TILES", 2 * 3 * 3 + 1)  # now kept ...
+    winograd.transformed_kernel(kernel, 4, tiles=0)
+    assert len(winograd._kernel_cache) == 1
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_TILES", 1)  # ... and used by a many-tile call
+    assert winograd.transformed_kernel(kernel, 4, tiles=10) is winograd.transformed_kernel(kernel, 4)
+    winograd.clear_kernel_cache()
+
+
 def test_read_only_kernels_and_inputs_are_accepted():
     rng = np.random.default_rng(2)
     x, kernel, bias = random_layer(rng, 1, 6, 6, 17, 6)

@@ -40,6 +40,8 @@ kernel) and takes ~10 ms to build, as long as a 14x14 layer, so it is cached, ke
 array's identity, but **only for read-only kernels** (no array in its base chain writable): an
 immutable array cannot change behind the cache, and the cache holds a reference so its id cannot
 be reused. Writable kernels are transformed on every call. ``clear_kernel_cache()`` drops it.
+Big transforms in calls of many tiles (``UNCACHED_MIN_BYTES``, ``UNCACHED_MIN_TILES``: VGG16's
+block4/5 at batch 8) are rebuilt per call instead, where the build is small next to the GEMMs.
 
 Accuracy (float32, He-initialised VGG16 layers, vs float64): F(2x2) 1-5e-7 relative (as im2col,
 2-4e-7); F(4x4) 1-3.5e-6, growing slowly with Ci (benchmarks/kernel_sanity.py --compare).
@@ -167,8 +169,9 @@ def kernel_is_cacheable(a):
     return a is None or isinstance(a, bytes)
 
 
-def _cached(key, kernel, build):
-    """build() cached under ``key`` (None: not cacheable), keeping a reference to ``kernel``."""
+def _cached(key, kernel, build, store=True):
+    """build() cached under ``key`` (None: not cacheable), keeping a reference to ``kernel``;
+    with ``store`` False a cached value is used but a new one is not kept."""
     if key is None:
         return build()
     hit = _kernel_cache.get(key)
@@ -176,14 +179,50 @@ def _cached(key, kernel, build):
         _kernel_cache.move_to_end(key)
         return hit[1]
     value = build()
+    if not store:
+        return value
     _kernel_cache[key] = (kernel, value)  # the reference keeps id(kernel) from being reused
     while len(_kernel_cache) > CACHE_ENTRIES:
         _kernel_cache.popitem(last=False)
     return value
 
 
-def transformed_kernel(kernel, m, transposed=False):
-    """U = G g G^T for this kernel: (a^2, ci, co), cached when immutable.
+def build_transformed_kernel(kernel, m, u=None):
+    """U = G g G^T: (a^2, ci, co), into ``u`` (a flat buffer of at least its size) or a new array.
+
+    Separable like the data transforms, one slab of U per row k of G (along ky into a (kw, ci, co)
+    buffer, then along kx into U[k*a : k*a + a]); the slabs are shared out between ``_threads``'
+    workers (each the same sums, so the same bits on any count)."""
+    kh, kw, ci, co = kernel.shape
+    a = m + 2
+    g_mat = _G[m].astype(kernel.dtype)
+    if u is None:
+        u = np.empty((a * a, ci, co), dtype=kernel.dtype)
+    else:
+        u = u[: a * a * ci * co].reshape(a * a, ci, co)
+    flat, slabs = kernel.reshape(-1), u.reshape(a, a * ci * co)
+
+    def slab(k):
+        rows = _threads.scratch("wino_u_rows", kw * ci * co, kernel.dtype)
+        transform_axis(g_mat[k : k + 1], flat, 1, kw * ci * co, rows)
+        transform_axis(g_mat, rows, 1, ci * co, slabs[k])
+
+    _threads.run_chunks(slab, range(a))
+    return u
+
+
+# A transform of at least UNCACHED_MIN_BYTES for a call of at least UNCACHED_MIN_TILES tiles is
+# rebuilt per call rather than cached: there its build (a memory-bound pass, ~13 ms of one core
+# for a 512x512 F(4x4) kernel) is a few per cent of the call's GEMMs, which read all of U per
+# chunk anyway, and keeping it costs its bytes for the process's life (VGG16 at 224 px batch 8:
+# block4's and block5's, 146 MB). A transform already cached is used either way.
+UNCACHED_MIN_BYTES = 16 << 20
+UNCACHED_MIN_TILES = 384
+
+
+def transformed_kernel(kernel, m, transposed=False, tiles=0):
+    """U = G g G^T for this kernel: (a^2, ci, co), cached when immutable (and, for a call of
+    ``tiles`` tiles, unless big: see ``UNCACHED_MIN_BYTES``).
 
     ``transposed``: U^T (a^2, co, ci) for the input gradient (see ``transforms``), a view of U,
     or a cached contiguous copy when U is at most ``TRANSPOSED_COPY_BYTES`` (there a transposed
@@ -193,22 +232,19 @@ def transformed_kernel(kernel, m, transposed=False):
     key = None
     if kernel_is_cacheable(kernel):
         key = (id(kernel), kernel.ctypes.data, kernel.shape, kernel.dtype.str, m)
-
-    def build():
-        kh, kw, ci, co = kernel.shape
-        a = m + 2
-        g_mat = _G[m].astype(kernel.dtype)
-        # G g G^T, separable like the data transforms: along ky for every (kx, ci, co), then kx
-        rows = np.empty(a * kw * ci * co, dtype=kernel.dtype)
-        transform_axis(g_mat, kernel.reshape(-1), 1, kw * ci * co, rows)
-        u = np.empty((a * a, ci, co), dtype=kernel.dtype)
-        transform_axis(g_mat, rows, a, ci * co, u.reshape(-1))
-        return u
-
-    u = _cached(key, kernel, build)
+    kh, kw, ci, co = kernel.shape
+    size = (m + 2) ** 2 * ci * co
+    rebuilt = size * kernel.itemsize >= UNCACHED_MIN_BYTES and tiles >= UNCACHED_MIN_TILES
+    if rebuilt:
+        # built into the calling thread's reusable buffer (no fresh pages per call), valid until
+        # its next call of this kind; conv_winograd uses it within the call only
+        u = _cached(key, kernel, lambda: build_transformed_kernel(
+            kernel, m, _threads.scratch("wino_u", size, kernel.dtype)), store=False)
+    else:
+        u = _cached(key, kernel, lambda: build_transformed_kernel(kernel, m))
     if not transposed:
         return u
-    if u.nbytes > TRANSPOSED_COPY_BYTES:
+    if u.nbytes > TRANSPOSED_COPY_BYTES or rebuilt:
         return u.transpose(0, 2, 1)
     return _cached(None if key is None else key + ("T",), kernel,
                    lambda: np.ascontiguousarray(u.transpose(0, 2, 1)))
@@ -255,7 +291,7 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     a = m + 2
     tiles_h, tiles_w = -(-ho // m), -(-wo // m)
     total = n * tiles_h * tiles_w
-    u = transformed_kernel(kernel, m, transposed)
+    u = transformed_kernel(kernel, m, transposed, total)
     if bias is None:
         bias = np.zeros(co, dtype=out.dtype)
     per_tile = a * a * (ci + co) * out.itemsize
