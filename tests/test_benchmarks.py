@@ -139,3 +139,19 @@ def test_techniques_section_times_batched_pytorch_and_reports_targets(tmp_path):
     assert got["dream: engine / PyTorch, same algorithm"]["ratio"] > 0
     text = (tmp_path / "benchmark.md").read_text()
     assert "## Issue 16 targets" in text and "PyTorch batched ms" in text
+
+
+def test_ab_compares_a_revisions_kernels_with_the_trees(capsys):
+    """benchmarks/ab.py: HEAD's pool module (compiled afresh) against the tree's, through the public
+    ops; the same code gives the same bits."""
+    import shutil
+
+    from benchmarks import ab
+
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=run.ROOT,
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    assert ab.main(["--rev", "HEAD", "--modules", "kernels/cpu/pool.py", "--cases", "pool:2x9x8x3", "--reps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels.cpu.maxpool_backward" in out
+    assert "max-pool 2x9x8x3 fwd+bwd:" in out and "same bits: True" in out
