@@ -5,7 +5,8 @@
     python benchmarks/ab.py --rev HEAD~1 --modules kernels/cpu/pool.py --cases pool:32x128x128x64
 
 The old side is each module's text at ``--rev`` (``git show``), compiled with ``cache=False`` under
-another name (its imports are the tree's own helpers); the new side is the tree's module. Every
+another name; the old modules call each other's old functions, and the tree's for every other
+module; the new side is the tree's module. Every
 function of a module that the CPU backend exports or the convolution dispatch calls
 (``kernels.cpu.<op>``, ``kernels.cpu.conv.conv_winograd``, ...) is swapped in for the side that
 runs, so the cases go through the public ops and the model. Per case: both sides once (and whether
@@ -145,6 +146,11 @@ def main(argv=None):
     paths = [m for m in args.modules.split(",") if m]
     new = [importlib.import_module(m.removesuffix(".py").replace("/", ".")) for m in paths]
     old = {module.__name__: load_old(args.rev, path) for module, path in zip(new, paths)}
+    for module in old.values():  # old modules call each other's old functions, not the tree's
+        for attr, value in list(vars(module).items()):
+            source = old.get(getattr(value, "__module__", None)) if callable(value) else None
+            if source is not None and hasattr(source, getattr(value, "__name__", "")):
+                setattr(module, attr, getattr(source, value.__name__))
     binds = bindings(new)
     print(f"old = {args.rev}, new = working tree; swapped: " + ", ".join(f"{ns.__name__}.{a}" for ns, a, _, _ in binds))
     for spec in [c for c in args.cases.split(",") if c]:
