@@ -14,10 +14,10 @@ Summed over input channels the element-wise product becomes a^2 independent GEMM
 
 The transforms are separable and applied one axis at a time (``transform_axis``, or per tile in
 ``gather_tiles``): each pass is contiguous runs of channels (or tiles) scaled and summed (zero
-coefficients skipped), which LLVM vectorises. A per-tile transform with all a^2 values in registers (the
-first version of this file) did not: its a^2 load/store streams at runtime strides exceed LLVM's
-runtime alias-check budget, so it ran scalar (~0.7 GB/s per thread, slower than the GEMMs) and
-took minutes to compile.
+coefficients skipped), which LLVM vectorises. A per-tile transform with all a^2 values in
+registers (the first version of this file) did not: its a^2 load/store streams at runtime strides
+exceed LLVM's runtime alias-check budget, so it ran scalar (~0.7 GB/s per thread, slower than the
+GEMMs) and took minutes to compile.
 
 Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile (ty, tx) covers outputs
 ``[ty*m, ty*m+m) x [tx*m, tx*m+m)`` and reads input rows ``ty*m - top ... + a - 1`` (columns
