@@ -20,7 +20,8 @@ import pytest
 
 import engine
 from engine.errors import ConvscopeError
-from engine.model import Model, conv_padding
+from engine.layers import conv_padding
+from engine.model import Model
 from engine.spec import LayerSpec, NetworkSpec
 from engine.viz.receptive import crop_field, field_mask, receptive_field, receptive_fields
 
