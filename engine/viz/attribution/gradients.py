@@ -13,7 +13,7 @@ where the forward output is > 0 and the incoming gradient is > 0).
 
 import numpy as np
 
-from engine.viz.attribution.base import Attribution, channel_map, gradient_batches, prepare
+from engine.viz.attribution.base import Attribution, channel_map, gradient_batches, n_classes, prepare
 
 
 def input_gradient_attribution(model, x, classes=None, relu="standard", batch=16, progress=None, method=None):
@@ -23,14 +23,10 @@ def input_gradient_attribution(model, x, classes=None, relu="standard", batch=16
     gradients = np.empty(x.shape, dtype=np.float32)
     found = np.empty(n, dtype=np.int64)
     scores = np.empty(n, dtype=np.float64)
-    probabilities = None
-    for part in gradient_batches(model, n, lambda a, b: x[a:b], wanted, relu, batch, progress=progress):
-        gradients[part.start : part.stop] = part.gradients
-        found[part.start : part.stop] = part.classes
-        scores[part.start : part.stop] = part.logits[np.arange(part.stop - part.start), part.classes]
-        if probabilities is None:
-            probabilities = np.empty((n, part.probabilities.shape[1]), dtype=np.float32)
-        probabilities[part.start : part.stop] = part.probabilities
+    probabilities = np.empty((n, n_classes(model)), dtype=np.float32)
+    for start, stop, part in gradient_batches(model, n, lambda a, b: x[a:b], wanted, relu, batch, progress=progress):
+        gradients[start:stop], found[start:stop] = part.gradients, part.classes
+        scores[start:stop], probabilities[start:stop] = part.scores, part.probabilities
     name = method or ("vanilla" if relu == "standard" else relu)
     return Attribution(name, gradients, channel_map(gradients), False, found, scores, probabilities)
 

@@ -98,8 +98,8 @@ def integrated_gradients(
 
     total = np.zeros(x.shape, dtype=np.float64)
     row_classes = np.repeat(classes, steps)
-    for part in gradient_batches(model, n * steps, make_rows, row_classes, "standard", batch, progress=progress):
-        r = np.arange(part.start, part.stop)
+    for start, stop, part in gradient_batches(model, n * steps, make_rows, row_classes, "standard", batch, progress=progress):
+        r = np.arange(start, stop)
         weighted = part.gradients.astype(np.float64) * weights[r % steps].reshape(-1, 1, 1, 1)
         np.add.at(total, r // steps, weighted)
     attributions = ((x.astype(np.float64) - baselines) * total).astype(np.float32)

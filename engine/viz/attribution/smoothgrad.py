@@ -50,7 +50,7 @@ def smoothgrad(model, x, classes=None, samples=50, noise=0.15, seed=0, batch=16,
 
     row_classes = np.repeat(classes, samples)
     total = np.zeros(x.shape, dtype=np.float64)
-    for part in gradient_batches(model, n * samples, make_rows, row_classes, "standard", batch, progress=progress):
-        np.add.at(total, np.arange(part.start, part.stop) // samples, part.gradients)
+    for start, stop, part in gradient_batches(model, n * samples, make_rows, row_classes, "standard", batch, progress=progress):
+        np.add.at(total, np.arange(start, stop) // samples, part.gradients)
     mean = (total / samples).astype(np.float32)
     return Attribution("smoothgrad", mean, channel_map(mean), False, classes, scores, probabilities)
