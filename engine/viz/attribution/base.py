@@ -204,41 +204,30 @@ def gradient_batches(
     n_rows: int,
     make_rows: Callable[[int, int], np.ndarray],
     classes: Optional[np.ndarray] = None,
-    relu: str = "standard",
     batch: int = 16,
-    layer: Optional[str] = None,
     progress: Optional[Callable] = None,
+    **options,
 ) -> Iterator[tuple[int, int, ClassGradients]]:
     """(start, stop, ``class_gradients`` of the class logit) of rows [start, stop), ``batch`` rows
     per pass. ``make_rows(start, stop)`` returns those rows as an NHWC array; ``classes`` holds
-    one class per row (None: each row's top class). ``progress(done, total)`` follows each chunk."""
+    one class per row (None: each row's top class); ``options`` go to ``class_gradients``
+    (relu, layer, wrt_input). ``progress(done, total)`` is called after each chunk."""
     for start in range(0, n_rows, batch):
         stop = min(n_rows, start + batch)
         wanted = None if classes is None else classes[start:stop]
-        yield start, stop, class_gradients(model, make_rows(start, stop), wanted, "logit", relu, layer)
+        yield start, stop, class_gradients(model, make_rows(start, stop), wanted, **options)
         if progress is not None:
             progress(stop, n_rows)
 
 
-def predict(model, x, batch: int):
-    """Forward passes only, ``batch`` images at a time: (logits, probabilities), float32."""
-    logits, probabilities = [], []
-    to_host = model.backend.to_host
-    for start in range(0, x.shape[0], batch):
-        trace = model.trace(x[start : start + batch])
-        z = to_host(trace.output(LOGITS)).astype(np.float32)
-        logits.append(z)
-        probabilities.append(probabilities_from(model, z, to_host(trace.output(model.layers[-1].name))))
-    return np.concatenate(logits), np.concatenate(probabilities)
-
-
-def targets(model, x, wanted, batch: int):
-    """(classes, scores, probabilities) of the clean images: the classes asked for, or each
-    image's top class; scores are the logits of those classes (float64)."""
-    logits, probabilities = predict(model, x, batch)
-    classes = np.argmax(logits, axis=1).astype(np.int64) if wanted is None else wanted
-    scores = logits[np.arange(x.shape[0]), classes].astype(np.float64)
-    return classes, scores, probabilities
+def gathered(model, x, classes=None, batch: int = 16, progress=None, **options) -> ClassGradients:
+    """``gradient_batches`` over the images of ``x``, the chunks' results concatenated (N rows);
+    with ``wrt_input=False`` and no layer, forward passes only: classes, scores, probabilities."""
+    parts = [part for _, _, part in gradient_batches(model, len(x), lambda a, b: x[a:b], classes, batch, progress, **options)]
+    return ClassGradients(**{
+        name: None if value is None else np.concatenate([getattr(p, name) for p in parts])
+        for name, value in vars(parts[0]).items()
+    })
 
 
 def channel_map(attributions, signed: bool = False) -> np.ndarray:

@@ -11,7 +11,7 @@ enlarging) and multiplies every channel of the guided gradient, as pytorch-grad-
 import numpy as np
 
 from engine.preprocess import resize
-from engine.viz.attribution.base import Attribution, channel_map, gradient_batches, prepare
+from engine.viz.attribution.base import Attribution, channel_map, gathered, prepare
 from engine.viz.attribution.cam import check_layer, weighted_map
 from engine.viz.attribution.gradcam import grad_cam_weights
 
@@ -26,18 +26,10 @@ def guided_grad_cam(model, x, classes=None, layer: str = "block5_conv3", batch=1
     """Guided backprop x upsampled Grad-CAM of ``layer`` for each image's class logit."""
     x, wanted, batch = prepare(model, x, classes, batch)
     check_layer(model, layer, x)
-    n = x.shape[0]
-    guided = np.empty(x.shape, dtype=np.float32)
-    heatmaps, found, scores, probabilities = [], [], [], []
-    for start, stop, part in gradient_batches(model, n, lambda a, b: x[a:b], wanted, "guided", batch, layer, progress):
-        guided[start:stop] = part.gradients
-        heatmaps.append(weighted_map(part.activations, grad_cam_weights(part.activations, part.layer_gradients)))
-        found.append(part.classes)
-        scores.append(part.scores)
-        probabilities.append(part.probabilities)
-    heatmaps = np.concatenate(heatmaps)
-    attributions = guided * upsample(heatmaps, x.shape[1:3])[..., None]
+    g = gathered(model, x, wanted, batch, progress, relu="guided", layer=layer)
+    heatmaps = weighted_map(g.activations, grad_cam_weights(g.activations, g.layer_gradients))
+    attributions = g.gradients * upsample(heatmaps, x.shape[1:3])[..., None]
     return Attribution(
-        "guided-gradcam", attributions, channel_map(attributions), False, np.concatenate(found),
-        np.concatenate(scores), np.concatenate(probabilities), heatmaps=heatmaps,
+        "guided-gradcam", attributions, channel_map(attributions), False, g.classes, g.scores,
+        g.probabilities, heatmaps=heatmaps,
     )

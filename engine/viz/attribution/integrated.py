@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.preprocess import preprocess_input
-from engine.viz.attribution.base import Attribution, channel_map, check_count, gradient_batches, prepare, predict
+from engine.viz.attribution.base import Attribution, channel_map, check_count, gathered, gradient_batches, prepare
 
 RULES = ("trapezoid", "left", "right", "middle", "gausslegendre")
 
@@ -84,7 +84,8 @@ def integrated_gradients(
     if not np.isfinite(baselines).all():
         raise ConvscopeError("the baseline contains NaN or infinite values")
 
-    logits, probabilities = predict(model, np.concatenate([x, baselines]), batch)
+    both = gathered(model, np.concatenate([x, baselines]), None, batch, wrt_input=False)
+    logits, probabilities = both.logits, both.probabilities
     classes = np.argmax(logits[:n], axis=1).astype(np.int64) if wanted is None else wanted
     rows_n = np.arange(n)
     scores = logits[rows_n, classes].astype(np.float64)
@@ -98,7 +99,7 @@ def integrated_gradients(
 
     total = np.zeros(x.shape, dtype=np.float64)
     row_classes = np.repeat(classes, steps)
-    for start, stop, part in gradient_batches(model, n * steps, make_rows, row_classes, "standard", batch, progress=progress):
+    for start, stop, part in gradient_batches(model, n * steps, make_rows, row_classes, batch, progress):
         r = np.arange(start, stop)
         weighted = part.gradients.astype(np.float64) * weights[r % steps].reshape(-1, 1, 1, 1)
         np.add.at(total, r // steps, weighted)
