@@ -13,10 +13,8 @@ pixel seen by unit 0 (negative when the field reaches into the zero padding):
     size += (kernel - 1) * jump;  offset -= before * jump;  jump *= stride
 
 Unit ``i`` sees input pixels ``offset + i * jump`` to ``offset + i * jump + size - 1``; the
-geometry is independent of the input size. For VGG16 the sides are 3, 5, 6 (block1_pool), 10,
-14, 16, 24, 32, 40, 44, 60, 76, 92, 100, 132, 164, 196 and 212 (block5_pool), with jumps 1, 2, 4,
-8, 16, 32 after each pool. Boxes are (top, left, bottom, right), bottom/right exclusive, in pixels
-of the network input.
+geometry is independent of the input size (VGG16's block5_pool: side 212, jump 32).
+Boxes are (top, left, bottom, right), bottom/right exclusive, in pixels of the network input.
 """
 
 from dataclasses import dataclass
@@ -75,6 +73,16 @@ def output_shapes(network, input_hw, upto=None) -> list[tuple]:
     return shapes
 
 
+def check_spatial(model, names, input_hw, use: str) -> None:
+    """A one-line error (ending in ``use``) unless every layer of ``names`` has an (h, w, C)
+    output for an input of (H, W); 'logits' never has one."""
+    shapes = model.output_shapes(input_hw)
+    for name in names:
+        shape = shapes[model.layer_index(name)]
+        if len(shape) != 3 or name == "logits":
+            raise ConvscopeError(f"layer {name!r} has no spatial output ({'x'.join(map(str, shape))}): {use}")
+
+
 @dataclass(frozen=True)
 class ReceptiveField:
     """Geometry of one layer's units, per axis (height, width), in input pixels."""
@@ -82,11 +90,6 @@ class ReceptiveField:
     size: tuple[int, int]
     jump: tuple[int, int]
     offset: tuple[int, int]
-
-    @property
-    def start(self) -> tuple[float, float]:
-        """The centre of unit (0, 0)'s field, in input pixels (the recursion's usual 'start')."""
-        return tuple(o + (s - 1) / 2 for o, s in zip(self.offset, self.size))
 
     def box(self, i: int, j: int) -> tuple[int, int, int, int]:
         """Unit (i, j)'s field as (top, left, bottom, right), bottom/right exclusive, unclamped."""

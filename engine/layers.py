@@ -1,23 +1,20 @@
 """The table of layer kinds: each kind's geometry and its forward/backward pair, side by side.
 
-``LAYERS[spec.kind]`` holds one small object per kind of ``engine.spec.LAYER_KINDS`` (tinygrad's
-one class per op, llm.c's ``*_forward`` / ``*_backward`` pairs), and ``ACTIVATIONS[spec.activation]``
-one per activation of a conv2d or dense layer:
+``LAYERS[spec.kind]`` holds one small object per layer kind (tinygrad's one class per op, llm.c's
+``*_forward`` / ``*_backward`` pairs), ``ACTIVATIONS[spec.activation]`` one per activation:
 
-* ``window(spec)``: a spatial layer's ``Window``, or None when each unit sees the whole input;
-* ``input_shape(spec)``: the input shape (without batch) the layer requires, None for any;
-* ``output_shape(spec, shape)``: its output shape (without batch) for an input shape;
-* ``forward(trace, i, spec, h, shape)``: layer i's output, shaped ``shape`` (with batch), for its
-  input ``h``, written in the model's buffers; the trace keeps what the backward needs
-  (``trace.argmax[i]`` of a max-pool, ``trace.logits`` of a softmax or sigmoid);
-* ``backward(trace, i, spec, g, new_gradient)``: the gradient with respect to layer i's input for
-  ``g``, the gradient with respect to its output before the activation. ``new_gradient(shape)``
-  hands out a gradient buffer; input gradients are never taken with respect to weights.
+* ``window(spec)``: a spatial layer's ``Window``, None when each unit sees the whole input;
+* ``input_shape(spec)`` / ``output_shape(spec, shape)``: the input shape the layer requires (None:
+  any) and its output shape for an input shape, both without batch;
+* ``forward(trace, i, spec, h, shape)``: layer i's output (``shape`` with batch) for input ``h``,
+  in the model's buffers; the trace keeps what the backward needs (``trace.argmax[i]``,
+  ``trace.logits`` before a softmax or sigmoid);
+* ``backward(trace, i, spec, g, new_gradient)``: d/d input for ``g`` = d/d (output before the
+  activation), in a buffer from ``new_gradient(shape)``; never a weight gradient.
 
-An activation's ``backward(trace, i, g, mode)`` turns the gradient with respect to layer i's output
-into the gradient before the activation (``mode``: a ``kernels.RELU_MODES`` value). ReLU is fused
-into the conv/dense kernel's forward; softmax and sigmoid are separate ops whose input is the
-trace's ``logits``. Arrays are NHWC (N, n) for dense, on the model's backend.
+An activation's ``backward(trace, i, g, mode)`` maps d/d output to d/d (output before it); ``mode``
+is a ``kernels.RELU_MODES`` value. ReLU is fused into the conv/dense forward kernel. Arrays are
+NHWC, (N, n) after flatten, on the model's backend.
 """
 
 from dataclasses import dataclass

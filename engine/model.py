@@ -30,11 +30,8 @@ from engine.spec import NetworkSpec
 LOGITS = "logits"
 INPUT = "input"
 
-# "auto": each convolution takes the CPU backend's fastest algorithm, Winograd F(4x4)/F(2x2) for
-# 3x3 layers (per-layer relative error 1e-7 to 3.5e-6 against float64 on VGG16). "gemm": im2col +
-# GEMM only (2-4e-7, slower). Float32 trajectories of iterated ascents (dream, class models,
-# fooling) follow every rounding through ReLU and max-pool near-ties, so a stored float32-faithful
-# trajectory is reproduced only by the arithmetic that made it; both are correct convolutions.
+# CPU convolutions: "auto" takes the fastest algorithm per layer (Winograd for 3x3), "gemm" im2col +
+# GEMM only (docs/design.md, "Layers and geometry", on why both exist).
 CONV_ALGORITHMS = ("auto", "gemm")
 
 
@@ -251,10 +248,7 @@ class Trace:
                     f"{tuple(target.shape)}"
                 )
             injected[name] = backend.to_device(g) if isinstance(g, np.ndarray) else g
-        wrt_index = {}
-        for name in wrt:
-            if name != INPUT:
-                wrt_index[model.layer_index(name)] = name
+        wrt_index = {model.layer_index(name): name for name in wrt if name != INPUT}
         start = max(model.layer_index(name) for name in injected)
         # without 'input' the pass can stop at the shallowest layer asked for
         stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)

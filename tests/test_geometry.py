@@ -12,7 +12,7 @@ from engine import geometry
 from engine.architectures import vgg16_layers
 from engine.errors import ConvscopeError
 from engine.layers import LAYERS
-from engine.spec import LAYER_KINDS, LayerSpec, NetworkSpec
+from engine.spec import LayerSpec, NetworkSpec
 
 
 def vgg16_specs():
@@ -22,10 +22,6 @@ def vgg16_specs():
         weights = {} if shape is None else dict(kernel=np.zeros(shape, np.float32), bias=np.zeros(shape[-1], np.float32))
         layers.append(LayerSpec(**row, **weights))
     return layers
-
-
-def test_every_layer_kind_has_one_entry():
-    assert sorted(LAYERS) == sorted(LAYER_KINDS)
 
 
 @pytest.mark.parametrize("k, padding", [(3, "same"), (4, "same"), (3, "valid"), (2, "valid")])

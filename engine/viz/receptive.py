@@ -11,8 +11,6 @@ import numpy as np
 from engine.errors import ConvscopeError
 from engine.geometry import ReceptiveField, receptive_fields
 
-__all__ = ["PADDING_RGB", "ReceptiveField", "crop_field", "field_mask", "receptive_field", "receptive_fields"]
-
 # Network-input zero padding is the ImageNet mean in caffe space: this is the colour it shows as.
 PADDING_RGB = (124, 117, 104)
 
@@ -41,11 +39,3 @@ def crop_field(image: np.ndarray, field: ReceptiveField, i: int, j: int, fill=PA
     if c_bottom > c_top and c_right > c_left:
         tile[c_top - top : c_bottom - top, c_left - left : c_right - left] = image[c_top:c_bottom, c_left:c_right]
     return tile
-
-
-def field_mask(field: ReceptiveField, i: int, j: int, input_hw) -> np.ndarray:
-    """A boolean (H, W) mask of the input pixels inside unit (i, j)'s field."""
-    top, left, bottom, right = field.clamped_box(i, j, input_hw)
-    mask = np.zeros(tuple(int(s) for s in input_hw), dtype=bool)
-    mask[top:bottom, left:right] = True
-    return mask

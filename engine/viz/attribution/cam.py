@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.errors import ConvscopeError
+from engine.geometry import check_spatial
 from engine.viz.attribution.base import class_gradients, prepare, score_function
 
 
@@ -39,13 +39,7 @@ class CamResult:
 
 def check_layer(model, layer: str, x) -> None:
     """A one-line error unless ``layer`` has a spatial output (h, w, C) for inputs like ``x``."""
-    index = model.layer_index(layer)
-    shape = model.output_shapes(x.shape[1:3])[index]
-    if len(shape) != 3 or layer == "logits":
-        raise ConvscopeError(
-            f"layer {layer!r} has no spatial output ({'x'.join(map(str, shape))}): "
-            "pick a convolution or pooling layer, e.g. block5_conv3"
-        )
+    check_spatial(model, [layer], x.shape[1:3], "pick a convolution or pooling layer, e.g. block5_conv3")
 
 
 def weighted_map(activations, weights) -> np.ndarray:
