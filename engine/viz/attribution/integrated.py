@@ -5,10 +5,8 @@ path from a baseline to the image, times (image - baseline).
 
 The integral is a quadrature over ``steps`` points a_s with weights w_s (``RULES``):
 
-* ``trapezoid`` (default): a_s = 0, 1/(n-1), ..., 1, weights 1/(n-1) halved at both ends, the
-  trapezoid rule. Captum's ``riemann_trapezoid`` uses the same points but weights 1/n (halved at
-  the ends), which sum to (n-1)/n, not 1: every attribution comes out (n-1)/n too small (2% at 50
-  steps) and completeness can never hold better than that, so we use the textbook weights.
+* ``trapezoid`` (default): a_s = 0, 1/(n-1), ..., 1, weights 1/(n-1) halved at both ends (not
+  Captum's ``riemann_trapezoid`` weights, which sum to (n-1)/n: see docs/design.md).
 * ``left``, ``right``, ``middle``: Captum's Riemann sums (weights 1/n at a = k/n, (k+1)/n,
   (k+1/2)/n).
 * ``gausslegendre``: Gauss-Legendre nodes and weights on [0, 1], Captum's ``attribute`` default.
