@@ -2,17 +2,11 @@
 
 Modelled on pytorch-grad-cam's ``base_cam.py``: a CAM method only says how to weight the
 channels of a layer's activations (``channel_weights(activations, gradients) -> (N, C)``);
-``class_activation_map`` does the rest:
-
-    target classes (given, or each image's top class)
-    -> one forward pass and one backward pass of each image's class score to the layer's output
-       (``base.class_gradients``: the score is a target function, the logit by default)
-    -> heatmap = ReLU(mean over channels of weights[c] * activations[..., c]), divided by its max
-
-``score="logit"`` is the Grad-CAM paper's pre-softmax score; ``score="probability"``
-differentiates the network's output after its softmax, as the Keras Grad-CAM example and Deep
-Learning with Python (ch. 5) do. A heatmap whose maximum is 0 (no channel votes for the class)
-stays all zeros rather than dividing by zero.
+``class_activation_map`` takes the gradients of each image's class score at the layer from
+``base.class_gradients`` (one forward and one backward pass for the batch; ``score="logit"``
+as the Grad-CAM paper, ``"probability"`` as the Keras example, or a target function) and
+returns ReLU(mean over channels of weights[c] * activations[..., c]) divided by its max (a
+heatmap whose maximum is 0 stays all zeros).
 
 Shapes: ``x`` is a preprocessed NHWC float32 batch; activations and gradients are (N, h, w, C) at
 the layer's own resolution; heatmaps are (N, h, w) float32 in 0..1. No file or screen I/O.
