@@ -34,9 +34,8 @@ class Window:
     after: tuple[int, int]
 
     def output_hw(self, shape) -> tuple[int, int]:
-        return tuple(
-            (int(n) + b + a - k) // s + 1 for n, k, s, b, a in zip(shape[:2], self.kernel, self.stride, self.before, self.after)
-        )
+        sides = zip(shape[:2], self.kernel, self.stride, self.before, self.after)
+        return tuple((int(n) + b + a - k) // s + 1 for n, k, s, b, a in sides)
 
 
 def conv_padding(spec):
@@ -70,17 +69,16 @@ class Conv2D(Layer):
 
     def forward(self, trace, i, spec, h, shape):
         model, activation = trace.model, ACTIVATIONS[spec.activation]
-        kernel, bias = model._params[i]
         out = model._buffer("out", i, shape)
-        model.backend.ops.conv2d_forward(
-            h, kernel, bias, conv_padding(spec), activation.fused, out, **model._conv_options
-        )
+        options = model._conv_options
+        model.backend.ops.conv2d_forward(h, *model._params[i], conv_padding(spec), activation.fused, out, **options)
         return activation.forward(trace, i, out)
 
     def backward(self, trace, i, spec, g, new_gradient):
         model = trace.model
         g_in = new_gradient(trace.layer_input(i).shape)
-        model.backend.ops.conv2d_backward_input(g, model._params[i][0], conv_padding(spec), g_in, **model._conv_options)
+        kernel, options = model._params[i][0], model._conv_options
+        model.backend.ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **options)
         return g_in
 
 
@@ -95,9 +93,8 @@ class Dense(Layer):
 
     def forward(self, trace, i, spec, h, shape):
         model, activation = trace.model, ACTIVATIONS[spec.activation]
-        kernel, bias = model._params[i]
         out = model._buffer("out", i, shape)
-        model.backend.ops.dense_forward(h, kernel, bias, activation.fused, out)
+        model.backend.ops.dense_forward(h, *model._params[i], activation.fused, out)
         return activation.forward(trace, i, out)
 
     def backward(self, trace, i, spec, g, new_gradient):
@@ -196,7 +193,9 @@ class Normalising(Linear):
 
 
 LAYERS = {"conv2d": Conv2D(), "maxpool2d": MaxPool2D(), "flatten": Flatten(), "dense": Dense(), "dropout": Dropout()}
-ACTIVATIONS = {"linear": Linear(), "relu": ReLU(), "sigmoid": Normalising("sigmoid"), "softmax": Normalising("softmax")}
+ACTIVATIONS = {
+    "linear": Linear(), "relu": ReLU(), "sigmoid": Normalising("sigmoid"), "softmax": Normalising("softmax")
+}
 
 
 def layer_output_shape(spec, in_shape) -> tuple:

@@ -3,11 +3,8 @@ gradients, guided Grad-CAM, occlusion): target classes, a score per image, and i
 
 Modelled on pytorch-grad-cam's ``base_cam.py``: a method only says which inputs to differentiate
 (the image, noisy copies, points on a path) and how to reduce their gradients;
-``class_gradients`` does the rest for a batch of rows:
-
-    one forward pass -> logits, class probabilities, each row's target class (given, or its top
-    class) -> the score of that class (a target function) and the gradient it injects
-    -> backward to the input (ReLU backward as asked) and/or to a layer (standard ReLUs)
+``class_gradients`` does the rest for a batch of rows: one forward pass, each row's target class
+(given, or its top class), its score and the backward passes to the input and/or a layer.
 
 A score is a target function ``score(trace, classes) -> (values (N,) float64, {layer name: d
 values / d layer output})``: ``"logit"`` (the pre-softmax class score, one-hot at 'logits'),
@@ -179,7 +176,7 @@ class ClassGradients:
     layer_gradients: Optional[np.ndarray] = None  # d score / d activations, standard ReLUs
 
 
-def class_gradients(model, x, classes=None, score="logit", relu="standard", layer=None, wrt_input=True) -> ClassGradients:
+def class_gradients(model, x, classes=None, score="logit", relu="standard", layer=None, wrt_input=True):
     """Forward the rows ``x``, then backpropagate each row's score of its class (``classes``, one
     per row, or None: each row's top class) to the input (``relu``: its ReLU backward, 'standard'
     or 'guided') when ``wrt_input``, and to ``layer``'s output (standard ReLUs) when given."""
@@ -223,7 +220,8 @@ def gradient_batches(
 def gathered(model, x, classes=None, batch: int = 16, progress=None, **options) -> ClassGradients:
     """``gradient_batches`` over the images of ``x``, the chunks' results concatenated (N rows);
     with ``wrt_input=False`` and no layer, forward passes only: classes, scores, probabilities."""
-    parts = [part for _, _, part in gradient_batches(model, len(x), lambda a, b: x[a:b], classes, batch, progress, **options)]
+    chunks = gradient_batches(model, len(x), lambda a, b: x[a:b], classes, batch, progress, **options)
+    parts = [part for _, _, part in chunks]
     return ClassGradients(**{
         name: None if value is None else np.concatenate([getattr(p, name) for p in parts])
         for name, value in vars(parts[0]).items()

@@ -28,7 +28,8 @@ def grad_cam(model, x, classes=None, layer: str = "block5_conv3", score="logit")
 
     ``classes``: None (each image's top class), one index for every image, or one per image.
     ``score``: "logit" (the pre-softmax class score, as in the paper), "probability" (the
-    softmax output, as the Keras example) or a target function (``attribution.base``). Returns a ``CamResult`` with the heatmaps, the
-    classes used, their scores and every class probability.
+    softmax output, as the Keras example) or a target function (``attribution.base``).
+    Returns a ``CamResult`` with the heatmaps, the classes used, their scores and every class
+    probability.
     """
     return class_activation_map(model, x, grad_cam_weights, classes, layer, score)

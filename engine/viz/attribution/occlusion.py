@@ -67,14 +67,17 @@ def occlusion(
     classes, probabilities = clean.classes, clean.probabilities
 
     def make_rows(start, stop):
-        return np.stack([occlude(x[r // n_pos], *positions[r % n_pos], window, fills[r // n_pos]) for r in range(start, stop)])
+        rows = range(start, stop)
+        return np.stack([occlude(x[r // n_pos], *positions[r % n_pos], window, fills[r // n_pos]) for r in rows])
 
     occluded = np.empty(n * n_pos, dtype=np.float64)
     row_classes = np.repeat(classes, n_pos)
-    for start, stop, part in gradient_batches(model, n * n_pos, make_rows, row_classes, batch, progress, wrt_input=False):
+    chunks = gradient_batches(model, n * n_pos, make_rows, row_classes, batch, progress, wrt_input=False)
+    for start, stop, part in chunks:
         occluded[start:stop] = part.probabilities[np.arange(stop - start), part.classes]
 
-    drops = (np.repeat(probabilities[np.arange(n), classes].astype(np.float64), n_pos) - occluded).reshape(n, len(tops), len(lefts))
+    unoccluded = np.repeat(probabilities[np.arange(n), classes].astype(np.float64), n_pos)
+    drops = (unoccluded - occluded).reshape(n, len(tops), len(lefts))
     sums = np.zeros((n, height, width), dtype=np.float64)
     counts = np.zeros((height, width), dtype=np.float64)
     for i, t in enumerate(tops):
