@@ -115,23 +115,23 @@ def prepare(model, x, classes, batch: int):
 # ------------------------------------------------------------------------------- scores
 
 
-def _one_hot(classes, width) -> np.ndarray:
-    one_hot = np.zeros((len(classes), width), dtype=np.float32)
-    one_hot[np.arange(len(classes)), classes] = 1.0
-    return one_hot
+def _class_output(trace, name, classes):
+    """(output ``name`` at each row's class, float64; {name: its one-hot gradient})."""
+    values = trace.model.backend.to_host(trace.output(name)).astype(np.float32)
+    rows = np.arange(len(classes))
+    one_hot = np.zeros(values.shape, dtype=np.float32)
+    one_hot[rows, classes] = 1.0
+    return values[rows, classes].astype(np.float64), {name: one_hot}
 
 
 def logit(trace, classes):
     """The pre-softmax score of each row's class, and its one-hot gradient at 'logits'."""
-    z = trace.model.backend.to_host(trace.output(LOGITS)).astype(np.float32)
-    return z[np.arange(len(classes)), classes].astype(np.float64), {LOGITS: _one_hot(classes, z.shape[1])}
+    return _class_output(trace, LOGITS, classes)
 
 
 def probability(trace, classes):
     """The network's softmax/sigmoid output for each row's class, and its one-hot gradient there."""
-    last = trace.model.layers[-1]
-    p = trace.model.backend.to_host(trace.output(last.name)).astype(np.float32)
-    return p[np.arange(len(classes)), classes].astype(np.float64), {last.name: _one_hot(classes, p.shape[1])}
+    return _class_output(trace, trace.model.layers[-1].name, classes)
 
 
 SCORES = {"logit": logit, "probability": probability}
