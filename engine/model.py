@@ -12,8 +12,10 @@ request, to intermediate layer outputs (Grad-CAM). No weight gradients are ever 
 Each layer kind's forward/backward pair and geometry live in one table (``engine.layers``); the
 trace only walks the layers and hands gradients between them.
 
-Buffers are reused between passes of the same shapes, so a new trace invalidates the arrays of
-the previous one; ``forward`` and ``input_gradient`` return host copies and are always safe.
+Layer outputs and gradients live in one pool of the backend (``Backend.buffers``: one buffer per
+role and layer, grown to the largest input seen), reused by every pass, so a new trace
+invalidates the arrays of the previous one; ``forward`` and ``input_gradient`` return host
+copies and are always safe.
 """
 
 import os
@@ -49,26 +51,15 @@ class Model:
                 f"unknown convolution algorithm {conv!r}: choose one of {', '.join(CONV_ALGORITHMS)}"
             )
         self.conv = conv
-        # only the CPU backend has a choice of algorithms (kernels/cpu/conv.py)
-        self._conv_options = {"algorithm": conv} if self.backend.name == "cpu" and conv != "auto" else {}
+        self._conv_options = self.backend.conv_options(conv)  # only the CPU has a choice
         self.layers = spec.layers
         self._index = {layer.name: i for i, layer in enumerate(self.layers)}
-        to_device = self.backend.to_device
+        on_device, frozen = self.backend.asarray, self.backend.frozen  # kernels frozen: never written
         self._params = [
-            (self._kernel(l.kernel), to_device(l.bias)) if l.kernel is not None else (None, None)
-            for l in self.layers
+            (frozen(l.kernel), on_device(l.bias)) if l.kernel is not None else (None, None) for l in self.layers
         ]
-        self._workspace = {}
+        self._workspace = self.backend.buffers()  # layer outputs and gradient arenas, reused
         self._generation = 0
-
-    def _kernel(self, kernel):
-        """A kernel on the device; the host copy is read-only (the model never changes its
-        weights), which lets the CPU backend cache Winograd's transform of it."""
-        param = self.backend.to_device(kernel)
-        if self.backend.on_host:
-            param = np.array(param, copy=True)
-            param.setflags(write=False)
-        return param
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -135,35 +126,25 @@ class Model:
         self.output_shapes(x.shape[1:3], upto)
         return x
 
-    def _flat(self, key, size, dtype=None):
-        """The workspace's flat buffer ``key`` of at least ``size`` elements (grown, never shrunk)."""
-        flat = self._workspace.get(key)
-        if flat is None or flat.size < size:
-            flat = self._workspace[key] = None  # free the old one first
-            flat = self._workspace[key] = self.backend.empty((max(size, 1),), dtype)
-        return flat
-
     def _buffer(self, role, index, shape, dtype=None):
-        """A view shaped ``shape`` on the flat buffer of (role, layer index): one per role and
-        layer, grown to the largest shape asked for, whatever the input sizes (DeepDream's octaves,
-        tiles), not one per shape. A newer trace reuses it (``Trace._check_current``)."""
-        dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
-        size = int(np.prod(shape))
-        return self._flat((role, index, dtype.str), size, dtype)[:size].reshape(shape)
+        """The buffer of (role, layer index) shaped ``shape``: one per role and layer, grown to the
+        largest shape asked for, whatever the input sizes (DeepDream's octaves, tiles), not one
+        per shape. A newer trace reuses it (``Trace._check_current``)."""
+        return self._workspace.get((role, index), shape, dtype)
 
     def _arena(self, slot, shape, capacity):
-        """A view shaped ``shape`` on gradient arena ``slot`` (0 or 1), a flat buffer of at least
-        ``capacity`` elements: the backward's gradients alternate between the two arenas, so two
-        buffers of the largest gradient serve every layer (not two per shape)."""
-        return self._flat(("arena", slot), capacity)[: int(np.prod(shape))].reshape(shape)
+        """A view shaped ``shape`` on gradient arena ``slot`` (0 or 1) of at least ``capacity``
+        elements: the backward's gradients alternate between the two arenas, so two buffers of
+        the largest gradient serve every layer (not two per shape)."""
+        return self._workspace.get(("arena", slot), (capacity,))[: int(np.prod(shape))].reshape(shape)
 
     def trace(self, x, upto=None) -> "Trace":
         """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs."""
         last = len(self.layers) - 1 if upto is None else self.layer_index(upto)
-        if isinstance(x, np.ndarray) or not hasattr(x, "shape"):
+        if isinstance(x, np.ndarray) or not self.backend.owns(x):  # host data: checked
             x = self.check_input(x, last)
         self._generation += 1
-        return Trace(self, self.backend.to_device(x) if isinstance(x, np.ndarray) else x, last)
+        return Trace(self, self.backend.asarray(x), last)
 
     def forward(self, x, outputs=None) -> dict:
         """{name: host array} of the requested layer outputs (default: the last layer)."""
@@ -247,7 +228,7 @@ class Trace:
                     f"gradient for {name!r} has shape {tuple(g.shape)}, the layer output has "
                     f"{tuple(target.shape)}"
                 )
-            injected[name] = backend.to_device(g) if isinstance(g, np.ndarray) else g
+            injected[name] = backend.asarray(g)
         wrt_index = {model.layer_index(name): name for name in wrt if name != INPUT}
         start = max(model.layer_index(name) for name in injected)
         # without 'input' the pass can stop at the shallowest layer asked for
@@ -285,10 +266,5 @@ class Trace:
             return g
         backend = self.model.backend
         if g is None:
-            total = self.model._buffer(role, i, addend.shape)
-            if backend.on_host:
-                np.copyto(total, addend)
-            else:
-                total.copy_to_device(addend)
-            return total
-        return backend.accumulate(g, addend)
+            return backend.copy_into(addend, self.model._buffer(role, i, addend.shape))
+        return backend.ops.axpy(1.0, addend, g)

@@ -143,7 +143,7 @@ def sigmoid_backward(grad_out, y, grad_in):
     return grad_in
 
 
-# --- the ops of the optimisation loops (filters, dreams): scores, steps, image moves ----------
+# --- the ops of the optimisation loop (engine/viz/optimise.py): scores, steps, image moves ----
 #
 # Scores add ``weight * S_n(x)`` to ``total[n]`` and ``weight * dS_n/dx`` to ``grad`` (both
 # accumulated, so several weighted terms share one loss and one gradient buffer). ``region`` is
@@ -165,11 +165,11 @@ def axpy(alpha, x, y):
 
 
 def masked_axpy(alpha, scale, x, active, y):
-    """y[n] += alpha * scale[n] * x[n] for every sample n with active[n] != 0."""
+    """y[n] += (alpha * scale[n]) * x[n] for every sample n with active[n] != 0, in y's dtype
+    (as the device kernel computes it)."""
     keep = np.asarray(active) != 0
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    step = alpha * scale.astype(np.float64).reshape(shape) * x
-    y[keep] = (y[keep] + step[keep]).astype(y.dtype)
+    factor = (y.dtype.type(alpha) * scale.astype(y.dtype)).reshape((-1,) + (1,) * (x.ndim - 1))
+    y[keep] += (factor * x)[keep]
     return y
 
 
