@@ -16,13 +16,12 @@ import typer
 
 import engine
 from engine.images import load_image
-from engine.cli.attribution import heatmap_picture, occlusion_unit, saliency_picture
-from engine.cli.common import (
+from commands.common import (
     ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_text, command, explained_class,
     load_model, network_input, progress, require_classifier, shape_text,
 )
-from engine.cli.features import activation_picture
-from engine.cli.outputs import check_output, write_text
+from commands.outputs import check_output, write_text
+from commands.pictures import activation_picture, heatmap_picture, occlusion_unit, saliency_picture
 
 HTML_SUFFIXES = {".html", ".htm"}
 
@@ -114,8 +113,8 @@ def report(
     from engine.viz.activations import activation_maps, default_layers as activation_layers
     from engine.viz.attribution import attribute
     from engine.viz.dream import deep_dream, default_layers as dream_layers
-    from engine.viz.gradcam import grad_cam
-    from engine.viz.occlusion import occlusion as occlusion_map
+    from engine.viz.attribution.gradcam import grad_cam
+    from engine.viz.attribution.occlusion import occlusion as occlusion_map
 
     settings = FAST if fast else FULL
     photo = load_image(image)  # a bad image fails before the slow load
