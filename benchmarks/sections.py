@@ -150,7 +150,8 @@ def _layer_reference(ctx, i, kind, data):
     """Float64 result of conv layer i alone (PyTorch, or the NumPy reference kernels)."""
     name = fw.CONV_LAYERS[i]["name"]
     engine_c = ctx.contenders["engine"]
-    kernel, bias = (np.asarray(a, np.float64) for a in engine_c.model._params[engine_c.model.layer_index(name)])
+    spec = engine_c.model.spec.layer(name)
+    kernel, bias = (np.asarray(a, np.float64) for a in (spec.kernel, spec.bias))
     try:
         import torch
         import torch.nn.functional as F
