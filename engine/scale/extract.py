@@ -192,11 +192,14 @@ class Summary:
 
 
 def extract(store: FeatureStore, files, model: ModelSpec, client=None, batch: int = 16,
-            progress: Optional[Callable] = None) -> Summary:
+            progress: Optional[Callable] = None, connect: Optional[Callable] = None) -> Summary:
     """Bring ``store`` up to date with ``files``: every listed image read once and its features
-    stored. ``client``: a ``distributed.Client`` (its workers do the work), else this process.
-    ``progress(done, total, images_per_second, eta_seconds)`` after each chunk."""
+    stored. ``client``: a ``distributed.Client`` (its workers do the work), else this process;
+    ``connect()``: called for a client only when there is work. ``progress(done, total,
+    images_per_second, eta_seconds)`` after each chunk."""
     work, rows = store.sync(files)
+    if work and client is None and connect is not None:
+        client = connect()
     total = sum(len(w.rows) for w in work)
     summary = Summary(up_to_date=len([r for r in rows if r is not None]) - total)
     started = time.perf_counter()
