@@ -72,6 +72,7 @@ def engine_model_plugin(spec: ModelSpec):
 
     class EngineModel(WorkerPlugin):
         name = spec.plugin_name
+        idempotent = True  # registered again (another run on the same cluster): keep the loaded model
 
         def __init__(self):
             self.spec, self.loaded = spec, None
