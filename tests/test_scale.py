@@ -233,3 +233,30 @@ def test_patches_top_k_per_chunk_equals_the_whole(tmp_path, client, reference):
         np.testing.assert_array_equal(p, positions[order, np.asarray(channels)[:, None]])
     with pytest.raises(ConvscopeError, match="out of range"):
         store_top_patches(store, rows, [512], 2)
+
+
+def test_atlas_sample_and_grid(client, reference):
+    from engine.scale.atlas import grid_cells, sample_activations
+
+    rows = reference.done_rows()
+    spatial = reference.read("spatial", rows)
+    here, where = sample_activations(reference, rows, per_image=3, seed=4)
+    there, where_there = sample_activations(reference, rows, per_image=3, seed=4, client=client)
+    np.testing.assert_array_equal(here, there)
+    np.testing.assert_array_equal(where, where_there)
+    assert len(here) == 3 * len(rows)
+    for vector, (row, i, j) in zip(here, where):
+        np.testing.assert_array_equal(vector, spatial[list(rows).index(row), i, j])
+    for row in rows:  # three distinct positions per image
+        assert len({(i, j) for r, i, j in where if r == row}) == 3
+    coords = np.random.default_rng(0).normal(size=(len(here), 2))
+    cells, means, counts = grid_cells(coords, here, 3, min_count=2)
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    brute = {}
+    for (x, y), v in zip(coords, here):
+        key = (min(int((y - low[1]) / (high[1] - low[1]) * 3), 2), min(int((x - low[0]) / (high[0] - low[0]) * 3), 2))
+        brute.setdefault(key, []).append(v)
+    expected = sorted((k, np.mean(v, axis=0), len(v)) for k, v in brute.items() if len(v) >= 2)
+    assert [tuple(c) for c in cells] == [k for k, _, _ in expected]
+    np.testing.assert_allclose(means, [m for _, m, _ in expected], rtol=1e-6, atol=1e-6)
+    assert list(counts) == [n for _, _, n in expected]
