@@ -7,7 +7,6 @@ a local cluster of `--workers` processes starts for the command and stops after 
 """
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path

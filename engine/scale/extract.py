@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.scale.digest import DIGEST_BYTES, stat_key
+from engine.scale.digest import stat_key
 from engine.scale.store import DONE, PENDING, STALE, UNREADABLE, FeatureStore, Work
 
 PLUGIN_PREFIX = "convscope-model"
