@@ -23,10 +23,13 @@ def clustered(n=600, d=24, clusters=6, seed=0):
     return (centres[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
 
 
-def test_exact_equals_nearest_query_by_query():
+def test_exact_equals_nearest_query_by_query(monkeypatch):
+    monkeypatch.setattr(neighbours, "ITEM_BLOCK", 100)  # blocks of items and queries, merged
+    monkeypatch.setattr(neighbours, "QUERY_BLOCK", 7)
     items, _ = clustered(300, 10)
     items[5] = 0.0  # a zero vector
-    items[9] = items[3]  # a tie
+    items[9] = items[3]  # ties, in one block and across blocks
+    items[250] = items[3]
     queries = items[:20]
     for metric in ("cosine", "l2"):
         idx, dist = neighbours.exact_knn(items, queries, 7, metric, exclude=np.arange(20))

@@ -13,7 +13,8 @@ from engine.errors import ConvscopeError
 from engine.scale import require
 from engine.viz.dataset import METRICS
 
-BLOCK = 1024  # queries per block of the brute force: a (BLOCK, N) float64 distance matrix
+QUERY_BLOCK = 256  # queries per block of the brute force
+ITEM_BLOCK = 65536  # items per block: a (256, 65536) float64 distance block is 128 MiB
 
 
 def _check(metric: str) -> None:
@@ -21,34 +22,46 @@ def _check(metric: str) -> None:
         raise ConvscopeError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
 
 
-def exact_knn(items, queries, k: int, metric: str = "cosine", exclude=None):
-    """The ``k`` nearest items of each query by brute force, in float64."""
-    _check(metric)
-    x = np.asarray(items, dtype=np.float64).reshape(len(items), -1)
-    q_all = np.asarray(queries, dtype=np.float64).reshape(len(queries), -1)
-    k = min(int(k), len(x) - (0 if exclude is None else 1))
+def _block_distances(q, x, metric: str) -> np.ndarray:
+    """float64 (Q, B) distances between query rows q and item rows x (both float64)."""
+    dots = q @ x.T
     if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1)
-    else:
-        squares = (x * x).sum(axis=1)
-    indices = np.zeros((len(q_all), max(k, 0)), np.int64)
-    dists = np.zeros((len(q_all), max(k, 0)), np.float64)
-    for start in range(0, len(q_all), BLOCK):
-        q = q_all[start : start + BLOCK]
-        dots = q @ x.T
-        if metric == "cosine":
-            scale = np.linalg.norm(q, axis=1)[:, None] * norms[None, :]
-            cos = np.divide(dots, scale, out=np.zeros_like(dots), where=scale > 0)
-            d = 1.0 - np.clip(cos, -1.0, 1.0)
-        else:
-            d = np.sqrt(np.maximum((q * q).sum(axis=1)[:, None] + squares[None, :] - 2.0 * dots, 0.0))
-        if exclude is not None:
-            own = np.asarray(exclude[start : start + BLOCK], dtype=np.int64)
-            mask = own >= 0
-            d[np.flatnonzero(mask), own[mask]] = np.inf
-        order = np.argsort(d, axis=1, kind="stable")[:, :k]
-        indices[start : start + len(q)] = order
-        dists[start : start + len(q)] = np.take_along_axis(d, order, axis=1)
+        scale = np.linalg.norm(q, axis=1)[:, None] * np.linalg.norm(x, axis=1)[None, :]
+        cos = np.divide(dots, scale, out=np.zeros_like(dots), where=scale > 0)
+        return 1.0 - np.clip(cos, -1.0, 1.0)
+    return np.sqrt(np.maximum((q * q).sum(axis=1)[:, None] + (x * x).sum(axis=1)[None, :] - 2.0 * dots, 0.0))
+
+
+def exact_knn(items, queries, k: int, metric: str = "cosine", exclude=None):
+    """The ``k`` nearest items of each query by brute force in float64, blockwise over queries
+    and items (memory stays bounded for millions of items); ties: lower item index first."""
+    _check(metric)
+    items = np.asarray(items).reshape(len(items), -1)
+    q_all = np.asarray(queries, dtype=np.float64).reshape(len(queries), -1)
+    k = max(0, min(int(k), len(items) - (0 if exclude is None else 1)))
+    own_all = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+    indices = np.zeros((len(q_all), k), np.int64)
+    dists = np.zeros((len(q_all), k), np.float64)
+    for start in range(0, len(q_all), QUERY_BLOCK):
+        q = q_all[start : start + QUERY_BLOCK]
+        best_d = np.full((len(q), 0), np.inf)
+        best_i = np.zeros((len(q), 0), np.int64)
+        for first in range(0, len(items), ITEM_BLOCK):
+            d = _block_distances(q, np.asarray(items[first : first + ITEM_BLOCK], dtype=np.float64), metric)
+            if own_all is not None:
+                own = own_all[start : start + len(q)] - first
+                hit = (own >= 0) & (own < d.shape[1])
+                d[np.flatnonzero(hit), own[hit]] = np.inf
+            part = np.argsort(d, axis=1, kind="stable")[:, :k]
+            cand_d = np.concatenate([best_d, np.take_along_axis(d, part, axis=1)], axis=1)
+            cand_i = np.concatenate([best_i, part + first], axis=1)
+            order = np.lexsort((cand_i, cand_d), axis=1)[:, :k]
+            best_d, best_i = np.take_along_axis(cand_d, order, axis=1), np.take_along_axis(cand_i, order, axis=1)
+        if metric == "l2" and k:  # the expansion above ranks; the reported distance is exact
+            chosen = np.asarray(items[best_i.ravel()], dtype=np.float64).reshape(len(q), k, -1)
+            best_d = np.sqrt(((chosen - q[:, None, :]) ** 2).sum(axis=2))
+        indices[start : start + len(q)] = best_i
+        dists[start : start + len(q)] = best_d
     return indices, dists
 
 
