@@ -57,12 +57,9 @@ class EmbedMethod(str, Enum):
 
 
 class IndexKind(str, Enum):
-    auto = "auto"
     exact = "exact"
     approx = "approx"
 
-
-APPROX_FROM = 50_000  # --index auto: brute force below (faster than building pynndescent's index)
 DRAWN_AT_MOST = 5_000  # embed --store: thumbnails drawn (evenly spaced over the images); the CSV has all
 
 
@@ -165,8 +162,8 @@ def neighbors(
     pooling: PoolingOpt = Pooling.avg,
     metric: Annotated[Metric, typer.Option("--metric", help="Feature distance: 'cosine' (1 - cos) or 'l2'.")] = Metric.cosine,
     index: Annotated[
-        IndexKind, typer.Option("--index", help="With --store: 'exact' (brute force), 'approx' (pynndescent), 'auto' (approx from 50,000 images).")
-    ] = IndexKind.auto,
+        IndexKind, typer.Option("--index", help="With --store: 'exact' (blockwise brute force) or 'approx' (pynndescent's index: pays for itself over many queries, not one).")
+    ] = IndexKind.exact,
     size: SizeOpt = None,
     thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail side in pixels.")] = 96,
     batch: BatchOpt = 16,
@@ -251,7 +248,7 @@ def _store_neighbours(query, images, store, layer, size, metric, index, top, see
         picture = load_image(query, size=(spec.input_hw[1], spec.input_hw[0]))
         q = pool_features(model.forward(preprocess_input(picture[None]), spec.layer)[spec.layer], "avg")[0]
     exclude = np.asarray([mine[0] if mine else -1])
-    approx = index == IndexKind.approx or (index == IndexKind.auto and len(items) >= APPROX_FROM)
+    approx = index == IndexKind.approx
     if approx:
         found_idx, dist = neighbours.ApproximateIndex(items, metric, seed=seed).query(q[None], top, exclude=exclude)
     else:
