@@ -212,6 +212,9 @@ def test_distributed_equals_single_process_even_when_a_worker_dies(tmp_path, cli
     extract(faulty, listing(folder), spec, client=client, batch=1, progress=kill_one)
     assert killed and killed[0] not in client.run(os.getpid).values()
     same_store(reference, faulty)
+    import numba.core.config
+
+    numba.core.config.reload_config()  # the cluster left this process's Numba thread count alone
 
 
 def test_patches_top_k_per_chunk_equals_the_whole(tmp_path, client, reference):

@@ -232,19 +232,20 @@ def extract(store: FeatureStore, files, model: ModelSpec, client=None, batch: in
 
 def local_client(workers: int, threads: Optional[int] = None, dashboard: bool = True):
     """A ``distributed.Client`` on a new local cluster of ``workers`` processes, one Dask thread
-    each, the machine's cores shared among them for the kernels (``threads`` each). The thread
-    counts go in before each worker starts (Dask's pre-spawn environment, which otherwise pins
-    OpenBLAS and OpenMP to one thread); a count set in this process's environment wins."""
+    each, the machine's cores shared among them for the kernels (``threads`` each). OpenBLAS and
+    OpenMP counts go in Dask's pre-spawn environment (read before the worker imports NumPy; Dask
+    otherwise pins them to 1, and it also writes them into this process's environment); Numba's
+    goes in the worker's own environment, so that this process's Numba never sees it change."""
     import dask
     from distributed import Client, LocalCluster
 
     cores = os.cpu_count() or 1
-    threads = max(1, int(threads) if threads else cores // max(1, workers))
+    threads = str(max(1, int(threads) if threads else cores // max(1, workers)))
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-    environ.update({name: str(threads) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    environ.update({name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(
-            n_workers=int(workers), threads_per_worker=1, processes=True,
+            n_workers=int(workers), threads_per_worker=1, processes=True, env={"NUMBA_NUM_THREADS": threads},
             dashboard_address=":0" if dashboard else None,
         )
     return Client(cluster)
