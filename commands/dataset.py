@@ -11,13 +11,12 @@ import typer
 
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.preprocess import preprocess_input
 from commands.common import (
     Device, DeviceOpt, Out, Overwrite, Seed, Weights, command, input_hw, load_model, resolve_layer,
 )
 from commands.outputs import check_output, save_image, write_text
 from commands.pictures import activation_zoom, titled
-from commands.scale import SchedulerOpt, StoreOpt, WorkersOpt, dask_cluster, store_view
+from commands.scale import SchedulerOpt, StoreOpt, WorkersOpt, dask_cluster, store_neighbours, store_view
 from commands.folder_cache import (
     PIXEL_SIDE, Gathered, cache_root, feature_source, folder_files, gather, maxima_source, picture_source,
     report_gathered, unpack_maxima,
@@ -195,8 +194,8 @@ def neighbors(
     files = folder_files(images) if images is not None else None
     out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
     if store is not None:
-        spaces, paths, layer = _store_neighbours(query, images, store, layer, size, metric.value, index, top, seed,
-                                                 weights=weights, device=device, batch=batch, scheduler=scheduler, workers=workers)
+        spaces, paths, layer = store_neighbours(query, images, store, layer, size, metric.value, index == IndexKind.approx, top,
+                                                seed, weights=weights, device=device, batch=batch, scheduler=scheduler, workers=workers)
         where = store
     else:
         folder = folder_features(
@@ -226,35 +225,6 @@ def neighbors(
     picture = side_by_side(left, stack_rows(rows))
     save_image(out, picture, overwrite)
     typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
-
-
-def _store_neighbours(query, images, store, layer, size, metric, index, top, seed, *, weights, device, batch, scheduler, workers):
-    """[(title, indices, distances)], paths, layer: the feature neighbours of ``query`` among a
-    store's images (the query's features from the store when it is there, else computed)."""
-    from engine.scale import neighbours
-    from engine.viz.dataset import pool_features
-
-    with dask_cluster(scheduler, workers) as cluster:
-        found, paths, rows, model = store_view(store, images, layer, size, False, weights=weights, device=device,
-                                               batch=batch, cluster=cluster)
-    items = found.read("pooled", np.sort(rows))[np.argsort(np.argsort(rows))]
-    spec = found.spec
-    mine = [i for i, path in enumerate(paths) if path == query.resolve()]
-    if mine:
-        q = items[mine[0]]
-    else:
-        if model is None:
-            model = load_model(weights, device)
-        picture = load_image(query, size=(spec.input_hw[1], spec.input_hw[0]))
-        q = pool_features(model.forward(preprocess_input(picture[None]), spec.layer)[spec.layer], "avg")[0]
-    exclude = np.asarray([mine[0] if mine else -1])
-    approx = index == IndexKind.approx
-    if approx:
-        found_idx, dist = neighbours.ApproximateIndex(items, metric, seed=seed).query(q[None], top, exclude=exclude)
-    else:
-        found_idx, dist = neighbours.exact_knn(items, q[None], top, metric, exclude=exclude)
-    how = "pynndescent" if approx else "exact"
-    return [(f"features: {spec.layer} (avg, store), {metric}, {how}", found_idx[0], dist[0])], paths, spec.layer
 
 
 @command()

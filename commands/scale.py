@@ -222,3 +222,34 @@ def store_view(store_path: Path, images: Optional[Path], layer: Optional[str], s
     if spatial and store.spec.spatial_shape is None:
         raise ConvscopeError(f"{store_path}: the store has no per-position features (fill one with `features --spatial`)")
     return (store, *store_rows(store), None)
+
+
+def store_neighbours(query, images, store, layer, size, metric, approx: bool, top, seed, *, weights, device, batch, scheduler, workers):
+    """[(title, indices, distances)], paths, layer: the feature neighbours of ``query`` among a
+    store's images (the query's features from the store when it is there, else computed)."""
+    from commands.common import load_model
+    from engine.images import load_image
+    from engine.preprocess import preprocess_input
+    from engine.scale import neighbours
+    from engine.viz.dataset import pool_features
+
+    with dask_cluster(scheduler, workers) as cluster:
+        found, paths, rows, model = store_view(store, images, layer, size, False, weights=weights, device=device,
+                                               batch=batch, cluster=cluster)
+    items = found.read("pooled", np.sort(rows))[np.argsort(np.argsort(rows))]
+    spec = found.spec
+    mine = [i for i, path in enumerate(paths) if path == query.resolve()]
+    if mine:
+        q = items[mine[0]]
+    else:
+        if model is None:
+            model = load_model(weights, device)
+        picture = load_image(query, size=(spec.input_hw[1], spec.input_hw[0]))
+        q = pool_features(model.forward(preprocess_input(picture[None]), spec.layer)[spec.layer], "avg")[0]
+    exclude = np.asarray([mine[0] if mine else -1])
+    if approx:
+        found_idx, dist = neighbours.ApproximateIndex(items, metric, seed=seed).query(q[None], top, exclude=exclude)
+    else:
+        found_idx, dist = neighbours.exact_knn(items, q[None], top, metric, exclude=exclude)
+    how = "pynndescent" if approx else "exact"
+    return [(f"features: {spec.layer} (avg, store), {metric}, {how}", found_idx[0], dist[0])], paths, spec.layer
