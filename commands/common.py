@@ -246,7 +246,7 @@ def resolve_class(value: str, n_classes: int, names=None) -> int:
 def explained_class(model, klass: Optional[str]):
     """(class names or None, the --class index or None: each image's top class) for a command that
     explains one class; a one-line error for a file without the classifier."""
-    from engine.viz.cam import n_classes
+    from engine.viz.attribution.base import n_classes
 
     width = n_classes(model)
     names = class_names_for(width)
