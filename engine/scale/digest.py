@@ -6,6 +6,7 @@ VGG16 with its classifier), so a file's full digest is remembered in a small JSO
 hashed again; an untouched one is hashed once per memo file.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,12 +54,15 @@ def remembered_digest(path, memo: Optional[Path]) -> str:
     value = file_digest(path)
     if memo is not None and isinstance(table, dict):
         table[key] = [size, mtime, value]
+        temp = None
         try:
             Path(memo).parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(prefix=".digests.", suffix=".part", dir=Path(memo).parent)
             with os.fdopen(fd, "w") as file:
                 json.dump(table, file)
             os.replace(temp, memo)
-        except OSError:
-            pass
+        except OSError:  # a read-only or full cache: the digest is still right, just not remembered
+            if temp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
     return value
