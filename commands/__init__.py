@@ -34,6 +34,7 @@ from commands.common import _OneLineErrors, register
 from commands.dataset import embed, neighbors, patches
 from commands.features import activations, filters, show_weights
 from commands.report import report
+from commands.scale import features
 from commands.synthesis import classmax, dream, fool, invert, texture
 
 app = typer.Typer(
@@ -46,6 +47,6 @@ app = typer.Typer(
 
 COMMANDS = (
     info, predict, filters, show_weights, gradcam, activations, saliency, occlusion,
-    neighbors, embed, patches, fool, invert, texture, dream, classmax, report,
+    neighbors, embed, patches, features, fool, invert, texture, dream, classmax, report,
 )
 register(app, COMMANDS)
