@@ -3,8 +3,8 @@
 Resolution order: an explicit path, then an environment variable (``CONVSCOPE_WEIGHTS``,
 ``CONVSCOPE_CLASS_INDEX``), then the Keras cache (``$KERAS_HOME/models/`` or
 ``~/.keras/models/``), and only then, if the caller allows it, a download from the URL Keras itself
-uses. Downloads go to a temporary file in the cache folder, are checked against the published
-size and md5, and are then moved into place with ``os.replace``, so an interrupted or corrupt
+uses. Downloads go to a temporary file in the cache folder, stop at the published size (nothing
+past it is written), are checked against that size and the md5, and are then moved into place with ``os.replace``, so an interrupted or corrupt
 download leaves nothing behind. Nothing here prints: progress goes to a callback, questions to a
 ``confirm(prompt) -> bool`` callback, problems to a one-line ``ConvscopeError``.
 """
@@ -156,7 +156,13 @@ def download_file(remote: RemoteFile, dest, progress=None, hint=None, chunk=1 <<
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(remote.url, timeout=30) as response:
             total = remote.size or int(response.headers.get("Content-Length") or 0) or None
-            while block := response.read(chunk):
+            # Never write past the published size: ask for one byte more than is left, and stop there.
+            while block := response.read(chunk if remote.size is None else min(chunk, remote.size - done + 1)):
+                if remote.size is not None and done + len(block) > remote.size:
+                    raise ConvscopeError(
+                        f"download of {dest.name} is larger than the expected {remote.size} bytes "
+                        f"(a different file?); {hint}"
+                    )
                 out.write(block)
                 digest.update(block)
                 done += len(block)

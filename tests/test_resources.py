@@ -164,6 +164,26 @@ def test_size_mismatch_leaves_no_file(home, server, monkeypatch):
     assert list((home / ".keras" / "models").iterdir()) == []
 
 
+def test_oversized_download_stops_at_the_expected_size(home, server, monkeypatch):
+    """A 20 MB answer for a 3000-byte file: never more than 3000 bytes are counted or written."""
+    _serve(monkeypatch, server, NOTOP_FILE, b"x" * (20 << 20), size=3000)
+    seen = []
+    written = []
+    real_fdopen = resources.os.fdopen
+
+    def counting_fdopen(*args, **kwargs):
+        handle = real_fdopen(*args, **kwargs)
+        write = handle.write
+        handle.write = lambda block: written.append(len(block)) or write(block)
+        return handle
+
+    monkeypatch.setattr(resources.os, "fdopen", counting_fdopen)
+    _one_line_error(lambda: resolve_weights(download=True, progress=lambda d, t: seen.append(d)),
+                    "larger than the expected 3000 bytes", NOTOP_FILE)
+    assert sum(written) <= 3000 and max(seen, default=0) <= 3000
+    assert list((home / ".keras" / "models").iterdir()) == []
+
+
 def test_http_error(home, server, monkeypatch):
     folder, base = server
     monkeypatch.setitem(resources.REMOTE_FILES, NOTOP_FILE, RemoteFile(base + "missing.h5", 10, "0" * 32))
