@@ -210,8 +210,9 @@ class IsolatedH5:
         if remaining > 0 and select.select([self._sock], [], [], remaining)[0]:
             return
         self._failed = True
+        limit = f"{INSPECT_SECONDS:g} s" if what == "reading its metadata" else "its time limit"
         raise ConvscopeError(f"{self.label} is damaged: the HDF5 library did not finish {what} within "
-                             f"the time limit; {_DAMAGED}")
+                             f"{limit}; {_DAMAGED}")
 
     def _died(self, what):
         self._finished = True

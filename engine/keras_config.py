@@ -81,7 +81,8 @@ def _positive(config, key, layer):
 
 def _activation(value, layer):
     if isinstance(value, dict):  # Keras 3 may serialise a function as {"class_name": ..., "config": "relu"}
-        value = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
+        named = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
+        value = named if isinstance(named, str) else value
     if not (value is None or isinstance(value, str)) or value not in _ACTIVATIONS:
         raise ConvscopeError(
             f"layer '{layer}' uses activation {_shown(value)}; convscope supports relu, sigmoid, softmax, linear"

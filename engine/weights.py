@@ -64,7 +64,12 @@ def read_network(path) -> NetworkSpec:
     if not os.access(path, os.R_OK):
         raise ConvscopeError(f"{label} cannot be read (permission denied)")
     with IsolatedH5(path, label) as f:
-        return _read(f, label)
+        try:
+            return _read(f, label)
+        except ConvscopeError as exc:  # name the file in every message
+            if str(exc).startswith(label):
+                raise
+            raise ConvscopeError(f"{label}: {exc}") from None
 
 
 def _read(f, label):
