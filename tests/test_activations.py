@@ -93,6 +93,7 @@ def test_viridis_table_is_matplotlibs():
 
 def test_cli_writes_one_titled_png_per_layer(block12_file, shared_data, tmp_path):
     import cli
+    from commands import pictures
 
     out = tmp_path / "acts"
     photo = shared_data / "images" / "chelsea.png"
@@ -106,12 +107,12 @@ def test_cli_writes_one_titled_png_per_layer(block12_file, shared_data, tmp_path
         with Image.open(out / f"{name}.png") as picture:
             width, height = picture.size
             rgb = np.asarray(picture.convert("RGB"))
-        zoom = cli.activation_zoom(h)
+        zoom = pictures.activation_zoom(h)
         rows = -(-c // 16)
-        grid_h = rows * h * zoom + (rows - 1) * cli.ACTIVATION_GAP
-        assert width == 16 * h * zoom + 15 * cli.ACTIVATION_GAP
-        assert height == cli.TITLE_BAND + grid_h
-        band = rgb[: cli.TITLE_BAND]
+        grid_h = rows * h * zoom + (rows - 1) * pictures.ACTIVATION_GAP
+        assert width == 16 * h * zoom + 15 * pictures.ACTIVATION_GAP
+        assert height == pictures.TITLE_BAND + grid_h
+        band = rgb[: pictures.TITLE_BAND]
         assert (band < 128).any() and (band == 255).mean() > 0.5  # dark text on white
     # the default: every layer of this 6-layer network; existing files are not replaced
     again = CliRunner().invoke(cli.app, ["activations", str(photo), "--weights", str(block12_file),

@@ -3,7 +3,7 @@
 * Without a GPU the script says so in one line and exits 0 (1 with --require-gpu), no traceback.
 * ``--simulator`` runs the whole harness (validation, both sections, the report) under Numba's
   CUDA simulator on its tiny network and writes the table and JSON, every result within 1e-4.
-* Every CLI command takes ``--device`` with the choices of ``engine.cli.common.Device``, and
+* Every CLI command takes ``--device`` with the choices of ``commands.common.Device``, and
   ``--device cuda`` without a GPU is one ``error:`` line and exit 1.
 
 The scripts run as subprocesses with NUMBA_ENABLE_CUDASIM removed from their environment
@@ -21,8 +21,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.cli.common import Device
+from commands import app
+from commands.common import Device
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"

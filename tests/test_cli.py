@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import cli
 import engine
 from engine.errors import ConvscopeError
-from engine.cli import common
+from commands import common, outputs
 from engine.images import load_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +150,7 @@ def test_no_weights_offers_download_only_at_a_terminal(vgg16_notop_file, monkeyp
     assert result.exit_code == 1 and result.stderr.startswith("error: VGG16 weights not found")
     assert fetched == []
     # At a terminal: asked; "no" keeps the error, "yes" downloads and goes on.
-    monkeypatch.setattr(common, "_interactive", lambda stream: True)  # engine/cli/common.py asks
+    monkeypatch.setattr(common, "_interactive", lambda stream: True)  # commands/common.py asks
     result = invoke("info", input="n\n")
     assert result.exit_code == 1 and "Download" in result.stderr and fetched == []
     result = invoke("info", input="y\n")
@@ -163,7 +163,7 @@ def test_no_weights_offers_download_only_at_a_terminal(vgg16_notop_file, monkeyp
 
 
 def test_progress_is_silent_off_a_terminal(capsys):
-    with cli.progress("working", total=3) as update:
+    with common.progress("working", total=3) as update:
         for i in range(3):
             update(i + 1)
     assert capsys.readouterr() == ("", "")
@@ -177,18 +177,18 @@ def test_write_output_is_atomic(tmp_path):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        cli.write_output(target, broken)
+        outputs.write_output(target, broken)
     assert os.listdir(tmp_path) == []  # neither the file nor a temporary
 
-    cli.write_output(target, lambda f: f.write(b"first"))
+    outputs.write_output(target, lambda f: f.write(b"first"))
     assert target.read_bytes() == b"first"
     with pytest.raises(ConvscopeError, match="already exists"):
-        cli.write_output(target, lambda f: f.write(b"second"))
+        outputs.write_output(target, lambda f: f.write(b"second"))
     assert target.read_bytes() == b"first"
     with pytest.raises(RuntimeError):
-        cli.write_output(target, broken, overwrite=True)
+        outputs.write_output(target, broken, overwrite=True)
     assert target.read_bytes() == b"first" and os.listdir(tmp_path) == ["out.bin"]
-    cli.write_output(target, lambda f: f.write(b"second"), overwrite=True)
+    outputs.write_output(target, lambda f: f.write(b"second"), overwrite=True)
     assert target.read_bytes() == b"second" and os.listdir(tmp_path) == ["out.bin"]
     mode = os.stat(target).st_mode & 0o777
     assert mode & 0o644 == 0o644 or mode & 0o600 == 0o600
@@ -196,25 +196,25 @@ def test_write_output_is_atomic(tmp_path):
 
 def test_save_image_round_trip_and_checks(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3)).astype(np.uint8)
-    path = cli.save_image(tmp_path / "pic.png", rgb)
+    path = outputs.save_image(tmp_path / "pic.png", rgb)
     np.testing.assert_array_equal(load_image(path), rgb)
     with pytest.raises(ConvscopeError, match="unsupported output type"):
-        cli.check_output(tmp_path / "pic.xyz")
+        outputs.check_output(tmp_path / "pic.xyz")
     with pytest.raises(ConvscopeError, match="does not exist"):
-        cli.check_output(tmp_path / "missing" / "pic.png")
+        outputs.check_output(tmp_path / "missing" / "pic.png")
     with pytest.raises(ConvscopeError, match="is a directory"):
-        cli.check_output(tmp_path)
+        outputs.check_output(tmp_path)
 
 
 def test_resolve_class():
     names = ["tench", "goldfish", "great_white_shark"]
-    assert cli.resolve_class("2", 3, names) == 2
-    assert cli.resolve_class("Great white shark", 3, names) == 2
+    assert common.resolve_class("2", 3, names) == 2
+    assert common.resolve_class("Great white shark", 3, names) == 2
     for bad in ("3", "-1", "shark"):
         with pytest.raises(ConvscopeError):
-            cli.resolve_class(bad, 3, names)
+            common.resolve_class(bad, 3, names)
     with pytest.raises(ConvscopeError, match="no class names"):
-        cli.resolve_class("tench", 3, None)
+        common.resolve_class("tench", 3, None)
 
 
 # ---------------------------------------------------------------------------- the real entry point
@@ -235,3 +235,20 @@ def test_python_cli_py(vgg16_notop_file, tmp_path):
     )
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ") and "none.h5" in run.stderr
+
+
+def test_engine_never_imports_the_command_line():
+    """Embedders import engine where no CLI library is wanted: every engine module loads without
+    Typer, Rich or the commands package."""
+    code = (
+        "import pkgutil, importlib, sys, engine\n"
+        "for m in pkgutil.walk_packages(engine.__path__, 'engine.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('typer', 'rich', 'click', 'commands'))\n"
+        "print(len(list(pkgutil.walk_packages(engine.__path__, 'engine.'))), bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, bad = done.stdout.split(" ", 1)
+    assert int(count) > 20  # the walk really visited engine's modules
+    assert bad.strip() == "[]"

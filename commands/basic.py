@@ -9,7 +9,7 @@ import typer
 import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.cli.common import (
+from commands.common import (
     Device, DeviceOpt, Weights, shape_text, class_label, class_names_for, command, input_hw, load_model,
     require_classifier,
     resolve_class, resolve_layer,

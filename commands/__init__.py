@@ -1,14 +1,13 @@
 """convscope's command line: the Typer app, its commands in the order ``--help`` lists them.
 
-Why the CLI lives in engine/: the product card fixes the top level to engine/, kernels/, cli.py,
-tests/, benchmarks/ and pyproject.toml, and cli.py (the file users run) had grown to ~1700 lines,
-against the house rule of small files, one idea each. So cli.py only starts this app, and the
-commands live here, one module per family of techniques. engine/cli is the only part of engine/
-that touches user files and the screen (weights lookup and download offers, reading images,
-progress bars, writing pictures); everything else in engine/ stays pure: arrays in, arrays out.
+The command line sits beside the engine, not inside it: ``import engine`` (what embedders use)
+never imports Typer or this package. ``cli.py`` at the top level only starts ``app``. Everything
+the engine must not do lives here: finding and offering to download weight files, reading the
+user's images, progress bars, and writing output files.
 
     common.py        one-line errors, ``@command``, shared options, progress, inputs
-    outputs.py       atomic output files, --overwrite, shared picture layouts (titles, rows)
+    outputs.py       atomic output files, --overwrite, --save-array
+    pictures.py      pictures several commands compose (heatmaps, activation grids, titles, rows)
     basic.py         info, predict
     features.py      filters, weights, activations
     attribution.py   gradcam, saliency, occlusion
@@ -16,10 +15,6 @@ progress bars, writing pictures); everything else in engine/ stays pure: arrays 
     folder_cache.py  the per-image feature cache of the folder commands
     synthesis.py     fool, invert, texture, dream, classmax
     report.py        report: one HTML page of the photo techniques
-
-The CLI owns everything the engine must not do: finding and offering to download weight files,
-reading images, progress bars, and writing output files (atomically, never over an existing file
-unless --overwrite is given, never leaving a partial file behind).
 
 Adding a command: write one function decorated with ``@command()`` in the module of its family,
 take the shared options of common.py (``Weights``, ``DeviceOpt``, ``Seed``, ``Out``,
@@ -30,15 +25,16 @@ stderr with exit status 1; mistyped options and arguments give one ``error: ...`
 status 2.
 """
 
+import engine  # noqa: F401  first: it tunes the BLAS before NumPy is imported
 import typer
 
-from engine.cli.attribution import gradcam, occlusion, saliency
-from engine.cli.basic import info, predict
-from engine.cli.common import _OneLineErrors, register
-from engine.cli.dataset import embed, neighbors, patches
-from engine.cli.features import activations, filters, show_weights
-from engine.cli.report import report
-from engine.cli.synthesis import classmax, dream, fool, invert, texture
+from commands.attribution import gradcam, occlusion, saliency
+from commands.basic import info, predict
+from commands.common import _OneLineErrors, register
+from commands.dataset import embed, neighbors, patches
+from commands.features import activations, filters, show_weights
+from commands.report import report
+from commands.synthesis import classmax, dream, fool, invert, texture
 
 app = typer.Typer(
     cls=_OneLineErrors,

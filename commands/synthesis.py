@@ -11,12 +11,13 @@ import typer
 import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.cli.common import (
-    Device, DeviceOpt, OutOpt, Overwrite, SaveArray, Score, Seed, Weights, class_label, class_names_for,
+from commands.common import (
+    Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, class_label, class_names_for,
     command, load_model, require_classifier, progress, resolve_class, resolve_layer,
 )
-from engine.cli.outputs import (
-    check_array_output, check_output, output_prefix, save_array, save_image, side_by_side, titled,
+from commands.pictures import side_by_side, titled
+from commands.outputs import (
+    check_array_output, check_output, output_prefix, save_array, save_image,
 )
 
 
@@ -132,7 +133,7 @@ def invert(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
 ):
     """Feature inversion (Mahendran & Vedaldi): what a layer still knows of the photo, one picture per layer."""
@@ -183,7 +184,7 @@ def texture(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
 ):
     """Gram-matrix texture synthesis (Gatys et al.), or style transfer with --content."""
@@ -261,7 +262,7 @@ def dream(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):
@@ -319,7 +320,7 @@ def classmax(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):

@@ -11,15 +11,15 @@ import typer
 
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.cli.common import (
-    Device, DeviceOpt, OutOpt, Overwrite, Seed, Weights, command, input_hw, load_model, resolve_layer,
+from commands.common import (
+    Device, DeviceOpt, Out, Overwrite, Seed, Weights, command, input_hw, load_model, resolve_layer,
 )
-from engine.cli.outputs import check_output, save_image, titled, write_text
-from engine.cli.folder_cache import (
+from commands.outputs import check_output, save_image, write_text
+from commands.pictures import activation_zoom, titled
+from commands.folder_cache import (
     PIXEL_SIDE, Gathered, cache_root, feature_source, folder_files, gather, maxima_source, picture_source,
     report_gathered, unpack_maxima,
 )
-from engine.cli.features import activation_zoom
 
 
 ImagesDir = Annotated[
@@ -153,7 +153,7 @@ def neighbors(
     no_cache: NoCache = False,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
 ):
     """Nearest neighbours of an image in a folder: in feature space (top row) and in pixel space (bottom row).
@@ -215,7 +215,7 @@ def embed(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     csv_path: Annotated[
         Optional[Path], typer.Option("--csv", help="Coordinates as CSV (path,x,y). Default: the picture's name with .csv.", show_default=False)
     ] = None,
@@ -273,7 +273,7 @@ def patches(
     no_cache: NoCache = False,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
 ):
     """The image regions that excite each channel most: the receptive field of each image's arg-max, one row per channel.

@@ -56,7 +56,7 @@ def _print_error(message: str) -> None:
 def command(*args, **kwargs):
     """Mark a function as a command (``app.command``'s arguments) whose user errors become one
     ``error: ...`` line and exit status 1. ``register`` adds it to the app; the list of commands,
-    in the order ``--help`` shows them, is in engine/cli/__init__.py."""
+    in the order ``--help`` shows them, is in commands/__init__.py."""
 
     def mark(function):
         @functools.wraps(function)
@@ -107,7 +107,13 @@ DeviceOpt = Annotated[
     Device, typer.Option("--device", help="Where to compute; 'auto' picks CUDA when usable.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice (same seed, same output).")]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output file (PNG, JPEG, ...).")]
+Out = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Output picture (PNG, JPEG, ...).", show_default=False)
+]
+SaveArray = Annotated[
+    Optional[Path],
+    typer.Option("--save-array", help="Also save the numbers behind the picture as a .npy file.", show_default=False),
+]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", "--force", "-f", help="Replace the output file if it exists.")
 ]
@@ -258,15 +264,6 @@ def class_text(index: int, names=None) -> str:
 
 def shape_text(shape) -> str:
     return "x".join(str(s) for s in shape)
-
-
-OutOpt = Annotated[
-    Optional[Path], typer.Option("--out", "-o", help="Output picture (PNG, JPEG, ...).", show_default=False)
-]
-SaveArray = Annotated[
-    Optional[Path],
-    typer.Option("--save-array", help="Also save the numbers behind the picture as a .npy file.", show_default=False),
-]
 
 
 class Score(str, Enum):

@@ -19,7 +19,7 @@ import typer
 
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.cli.common import one_line, progress
+from commands.common import one_line, progress
 
 
 CACHE_VERSION = 1

@@ -10,11 +10,12 @@ import typer
 import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.cli.common import (
-    Device, DeviceOpt, OutOpt, Overwrite, SaveArray, Seed, Weights, shape_text, command, load_model,
+from commands.common import (
+    Device, DeviceOpt, Out, Overwrite, SaveArray, Seed, Weights, shape_text, command, load_model,
     progress, resolve_layer,
 )
-from engine.cli.outputs import check_array_output, check_output, save_array, save_image, titled
+from commands.outputs import check_array_output, check_output, save_array, save_image
+from commands.pictures import activation_picture
 
 
 @command()
@@ -43,7 +44,7 @@ def filters(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):
@@ -120,7 +121,7 @@ def show_weights(
     ] = False,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):
@@ -145,23 +146,6 @@ def show_weights(
         else f"{view.rows} filters x {view.columns} input channels"
     )
     typer.echo(f"wrote {out} ({view.picture.shape[1]}x{view.picture.shape[0]}: {what} of {layer})")
-
-
-ACTIVATION_GAP = 2  # pixels between tiles
-MIN_TILE = 48  # small maps (14x14 at block5) are enlarged to at least this many pixels
-
-
-def activation_zoom(side: int) -> int:
-    """Integer enlargement of a side-pixel map so that its tile is at least MIN_TILE pixels."""
-    return max(1, -(-MIN_TILE // max(1, int(side))))
-
-
-def activation_picture(a: np.ndarray, name: str) -> np.ndarray:
-    """One layer's (h, w, C) activations: every channel a tile, 16 per row, under the layer's name."""
-    from engine.viz.activations import activation_grid
-
-    grid = activation_grid(a, gap=ACTIVATION_GAP, zoom=activation_zoom(min(a.shape[:2])))
-    return titled(grid, f"{name}  {shape_text(a.shape)}")
 
 
 @command()

@@ -16,13 +16,12 @@ import typer
 
 import engine
 from engine.images import load_image
-from engine.cli.attribution import heatmap_picture, occlusion_unit, saliency_picture
-from engine.cli.common import (
+from commands.common import (
     ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_text, command, explained_class,
     load_model, network_input, progress, require_classifier, shape_text,
 )
-from engine.cli.features import activation_picture
-from engine.cli.outputs import check_output, write_text
+from commands.outputs import check_output, write_text
+from commands.pictures import activation_picture, heatmap_picture, occlusion_unit, saliency_picture
 
 HTML_SUFFIXES = {".html", ".htm"}
 

@@ -10,41 +10,13 @@ import typer
 
 from engine.errors import ConvscopeError
 from engine.images import load_image
-from engine.cli.common import (
-    ClassOpt, Device, DeviceOpt, OutOpt, Overwrite, SaveArray, Score, Seed, Weights, shape_text,
+from commands.common import (
+    ClassOpt, Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, shape_text,
     class_text, command, echo_top_classes, explained_class, load_model, network_input, progress,
     resolve_layer,
 )
-from engine.cli.outputs import check_array_output, check_output, save_array, save_image
-
-
-# The pictures, shared with the report command (engine/cli/report.py).
-
-
-def heatmap_picture(photo: np.ndarray, unit: np.ndarray, alpha: float) -> np.ndarray:
-    """A [0, 1] heatmap resized to the photo (bilinear), jet-coloured and blended over it."""
-    from engine.preprocess import resize
-    from engine.viz.colormaps import overlay
-
-    photo_size = (photo.shape[1], photo.shape[0])
-    return overlay(photo, np.clip(resize(unit, photo_size, "bilinear"), 0.0, 1.0), alpha)
-
-
-def saliency_picture(photo: np.ndarray, result, index: int = 0):
-    """(picture, scale): an attribution map at the photo's size, clipped at its 99th percentile."""
-    from engine.preprocess import resize
-    from engine.viz.attribution.pictures import attribution_picture, clip_scale
-
-    photo_size = (photo.shape[1], photo.shape[0])
-    scale = clip_scale(result.maps[index], result.signed)
-    return attribution_picture(resize(result.maps[index], photo_size, "bilinear"), result.signed, scale), scale
-
-
-def occlusion_unit(heatmap: np.ndarray):
-    """(unit, peak): the probability drops scaled so the largest is 1 (all zeros when none is positive)."""
-    peak = float(heatmap.max())
-    return (np.clip(heatmap / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heatmap)), peak
-
+from commands.outputs import check_array_output, check_output, save_array, save_image
+from commands.pictures import heatmap_picture, occlusion_unit, saliency_picture
 
 
 @command()
@@ -62,7 +34,7 @@ def gradcam(
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of the coloured heatmap over the photo.")] = 0.4,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):
@@ -122,14 +94,13 @@ def saliency(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
-    array_path: Annotated[
-        Optional[Path],
-        typer.Option("--save-array", help="Also save the raw attribution, (224, 224, 3) float32 in RGB order, as .npy.", show_default=False),
-    ] = None,
+    array_path: SaveArray = None,
 ):
-    """Which pixels the class score depends on: gradients, guided backprop, SmoothGrad, integrated gradients, guided Grad-CAM."""
+    """Which pixels the class score depends on: gradients, guided backprop, SmoothGrad, integrated gradients, guided Grad-CAM.
+
+    --save-array writes the raw attribution: (224, 224, 3) float32, RGB order."""
     from engine.viz.attribution import attribute
     from engine.viz.attribution.base import check_count
 
@@ -193,14 +164,13 @@ def occlusion(
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of the coloured heatmap over the photo.")] = 0.4,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
-    out: OutOpt = None,
+    out: Out = None,
     overwrite: Overwrite = False,
-    array_path: Annotated[
-        Optional[Path],
-        typer.Option("--save-array", help="Also save the (224, 224) drop in probability per pixel as .npy.", show_default=False),
-    ] = None,
+    array_path: SaveArray = None,
 ):
-    """Where hiding the photo hurts the class: the drop in its probability as a grey square slides over it."""
+    """Where hiding the photo hurts the class: the drop in its probability as a grey square slides over it.
+
+    --save-array writes the drop in probability per pixel: (224, 224) float32."""
     from engine.viz.attribution.base import check_count
     from engine.viz.occlusion import occlusion as occlusion_map
 

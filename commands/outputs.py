@@ -99,27 +99,3 @@ def output_prefix(out: Optional[Path], default: str) -> Path:
     return prefix.with_suffix("") if prefix.suffix.lower() in IMAGE_SUFFIXES else prefix
 
 
-def side_by_side(pictures, gap: int = 4) -> np.ndarray:
-    """Equal-height uint8 RGB pictures in a row on white, ``gap`` pixels apart."""
-    height = max(p.shape[0] for p in pictures)
-    width = sum(p.shape[1] for p in pictures) + gap * (len(pictures) - 1)
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    left = 0
-    for p in pictures:
-        canvas[: p.shape[0], left : left + p.shape[1]] = p
-        left += p.shape[1] + gap
-    return canvas
-
-
-TITLE_BAND = 22  # height of the white band that carries the layer's name
-
-
-def titled(picture: np.ndarray, title: str) -> np.ndarray:
-    """The picture under a white band with the title in PIL's default font."""
-    from PIL import Image, ImageDraw
-
-    height, width = picture.shape[:2]
-    canvas = Image.new("RGB", (width, height + TITLE_BAND), "white")
-    canvas.paste(Image.fromarray(picture), (0, TITLE_BAND))
-    ImageDraw.Draw(canvas).text((4, 5), title, fill="black")
-    return np.asarray(canvas)
