@@ -12,9 +12,9 @@ import typer
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from commands.common import (
-    Device, DeviceOpt, Out, Overwrite, Seed, Weights, command, input_hw, load_model, resolve_layer,
+    Device, DeviceOpt, Out, Overwrite, SaveArray, Seed, Weights, command, input_hw, load_model, resolve_layer,
 )
-from commands.outputs import check_output, save_image, write_text
+from commands.outputs import check_array_output, check_output, save_array, save_image, write_text
 from commands.pictures import activation_zoom, titled
 from commands.folder_cache import (
     PIXEL_SIDE, Gathered, cache_root, feature_source, folder_files, gather, maxima_source, picture_source,
@@ -155,6 +155,7 @@ def neighbors(
     device: DeviceOpt = Device.cpu,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """Nearest neighbours of an image in a folder: in feature space (top row) and in pixel space (bottom row).
 
@@ -168,6 +169,7 @@ def neighbors(
     query_picture = load_image(query, size=(thumb, thumb))  # a bad query fails before the slow load
     files = folder_files(images)
     out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
+    check_array_output(array_path, overwrite)
     folder = folder_features(
         images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
         batch=batch, sources=pooled_features(pooling.value, batch, {"pixels": PIXEL_SIDE}),
@@ -175,7 +177,7 @@ def neighbors(
     layer, found = folder.layer, folder.found
     mine = gather([query], folder.sources, strict=True)
     exclude = [i for i, path in enumerate(found.paths) if path.resolve() == query.resolve()]
-    rows = []
+    rows, distances = [], []
     for what, title, items, q, how in (
         ("features", f"features: {layer} ({pooling.value}), {metric.value}", found.arrays["features"],
          mine.arrays["features"][0], metric.value),
@@ -183,6 +185,7 @@ def neighbors(
          pixel_vectors(mine.arrays["pixels"])[0], "l2"),
     ):
         indices, dist = nearest(q, items, top, how, exclude=exclude)
+        distances.append(dist)
         if len(indices) == 0:
             raise ConvscopeError(f"{images}: no image other than the query to compare with")
         typer.echo(f"{title}:")
@@ -193,6 +196,7 @@ def neighbors(
     left = titled(captioned_row(query_picture[None], [query.name[: thumb // 6]]), "query")
     picture = side_by_side(left, stack_rows(rows))
     save_image(out, picture, overwrite)
+    save_array(array_path, np.stack(distances), overwrite)  # (2, top): features, then pixels
     typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
 
 
@@ -220,6 +224,7 @@ def embed(
         Optional[Path], typer.Option("--csv", help="Coordinates as CSV (path,x,y). Default: the picture's name with .csv.", show_default=False)
     ] = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """A folder's images placed at a 2-D embedding of their features (later images on top), and the coordinates as CSV."""
     import csv
@@ -236,6 +241,7 @@ def embed(
     files = folder_files(images)
     out = check_output(out if out is not None else Path(f"embed_{method.value}.png"), overwrite)
     csv_path = check_output(csv_path if csv_path is not None else out.with_suffix(".csv"), overwrite, suffixes={".csv"})
+    check_array_output(array_path, overwrite)
     folder = folder_features(
         images, files, layer, size, weights=weights, device=device, cache_dir=cache_dir, no_cache=no_cache,
         batch=batch, sources=pooled_features(pooling.value, batch, {"thumbs": thumb}),
@@ -257,6 +263,7 @@ def embed(
         writer.writerow([str(path), f"{x:.9g}", f"{y:.9g}"])
     save_image(out, picture, overwrite)
     write_text(csv_path, text.getvalue(), overwrite)
+    save_array(array_path, coords, overwrite)
     typer.echo(f"wrote {out} ({canvas}x{canvas}: {len(coords)} images by {how} of {layer}) and {csv_path}")
 
 
@@ -275,6 +282,7 @@ def patches(
     device: DeviceOpt = Device.cpu,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """The image regions that excite each channel most: the receptive field of each image's arg-max, one row per channel.
 
@@ -290,6 +298,7 @@ def patches(
         raise ConvscopeError(f"--top {top} must be at least 1 and --margin {margin} not negative")
     files = folder_files(images)
     out = check_output(out if out is not None else Path(f"patches_{layer}.png"), overwrite)
+    check_array_output(array_path, overwrite)
 
     def maxima(model, layer, hw, root):
         n_channels = model.output_shapes(hw, upto=model.layer_index(layer))[-1][-1]
@@ -317,6 +326,7 @@ def patches(
             f"at {tuple(int(v) for v in best.positions[row, 0])}, field {tuple(int(v) for v in best.boxes[row, 0])}"
         )
     save_image(out, picture, overwrite)
+    save_array(array_path, best.values, overwrite)  # (channels, top): each patch's activation
     typer.echo(
         f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}: {rows} channels x {columns} patches of "
         f"{field.size[0]} px, the receptive field of {layer})"

@@ -46,6 +46,21 @@ REMOTE_FILES = {
 }
 
 
+def available_memory() -> int:
+    """Bytes of memory this machine could give now (MemAvailable; else all physical memory)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 62
+
+
 def keras_cache_dir() -> pathlib.Path:
     """Where Keras caches downloaded files: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
     home = os.environ.get("KERAS_HOME")
@@ -85,12 +100,13 @@ def resolve_weights(path=None, need_top=False, download=None, progress=None) -> 
     return download_file(REMOTE_FILES[name], cache / name, progress, hint=hint)
 
 
-def load_class_names(path=None, download=None) -> list[str] | None:
+def load_class_names(path=None, download=None, report=None) -> list[str] | None:
     """The 1000 ImageNet class names (index order) from Keras' ``imagenet_class_index.json``.
 
     ``path`` (explicit) wins, then ``$CONVSCOPE_CLASS_INDEX``, then the Keras cache, then a download
     if ``download`` allows it. Returns None when no file is available (or the download fails), so
-    callers can show class indices instead; a file that exists but is corrupt is an error.
+    callers can show class indices instead; a failed download is passed to ``report(message)``
+    when given. A file that exists but is corrupt is an error.
     """
     if path is not None:
         found = _existing(path, "class index")
@@ -105,7 +121,9 @@ def load_class_names(path=None, download=None) -> list[str] | None:
                 return None
             try:
                 found = download_file(remote, found)
-            except ConvscopeError:
+            except ConvscopeError as exc:
+                if report is not None:
+                    report(f"no class names: {exc}")
                 return None
     return parse_class_index(found)
 

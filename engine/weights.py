@@ -37,6 +37,7 @@ from engine.architectures import VGG16_TOP_INPUT, vgg16_layers
 from engine.errors import ConvscopeError
 from engine.h5_isolated import IsolatedH5
 from engine.keras_config import KerasLayer, parse_model_config
+from engine.resources import available_memory
 from engine.spec import LayerSpec, NetworkSpec
 
 MAX_CONFIG_DEPTH = 100  # a Keras 3 model_config nests about 11 levels deep
@@ -129,21 +130,6 @@ def _matches(shape, expected):
     return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
 
 
-def _memory_available() -> int:
-    """Bytes of memory this machine could give us now (MemAvailable; else all physical memory)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return 1 << 62
-
-
 def _array(layer, what, node, expected, theano_shape=None):
     """The dataset ``node`` as float32, after checking (before reading a value) that it is a
     dataset of floats of shape ``expected`` (or ``theano_shape``) whose declared size is plausible
@@ -168,7 +154,7 @@ def _array(layer, what, node, expected, theano_shape=None):
             f"layer '{layer}': {what} declares {values:,} values but the file stores only {node.stored:,} "
             "bytes for it (a compression bomb or unwritten data); the file is damaged or hostile"
         )
-    available = _memory_available()
+    available = available_memory()
     if need > available:
         raise ConvscopeError(f"layer '{layer}': {what} needs {need / 1e9:.1f} GB, more than the "
                              f"{available / 1e9:.1f} GB of memory available")

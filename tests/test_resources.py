@@ -241,6 +241,9 @@ def test_class_index_download_failure_gives_none(home, server, monkeypatch):
     _serve(monkeypatch, server, CLASS_INDEX_FILE, b'{"0": ["n0", "x"]}', md5="0" * 32)
     assert load_class_names(download=True) is None
     assert list((home / ".keras" / "models").iterdir()) == []
+    reports = []
+    assert load_class_names(download=True, report=reports.append) is None
+    assert len(reports) == 1 and "md5" in reports[0] and CLASS_INDEX_FILE in reports[0]
 
 
 @pytest.mark.parametrize("text, fragment", [
