@@ -32,7 +32,7 @@ def info(
     """The network layer by layer: kind, output shape, parameters; totals and where it came from."""
     model = load_model(weights, device)
     hw = input_hw(model, size)
-    rows = model.summary(input_size=hw)
+    rows = model.summary_rows(input_size=hw)
     if layer:
         wanted = [resolve_layer(model, name) for name in layer]
         rows = [row for row in rows if row[0] in wanted]
