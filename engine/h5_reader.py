@@ -175,14 +175,19 @@ def inspect(h5py, np, f):
     return manifest
 
 
-def stream(h5py, np, out, ds, bytes_per_second, base_seconds):
-    """Send ``ds`` as float32 slabs (whole chunks along axis 0), then ``{"done": true}``."""
+def stream(h5py, np, out, ds, bytes_per_second, base_seconds, target=None):
+    """Send ``ds`` as float32 slabs (whole chunks along axis 0), then ``{"done": true}``; with
+    ``target`` (a float32 array of ds's shape in memory shared with the parent) the slabs are
+    written there and only their sizes are sent."""
     native = ds.dtype.newbyteorder("=")
     shape = ds.shape
     if not shape:
         value = np.asarray(ds[()], dtype=native)
         with np.errstate(over="ignore", invalid="ignore"):
-            _send(out, {"slab": 4}, value.astype(np.float32).tobytes())
+            slab = value.astype(np.float32).reshape(())
+        if target is not None:
+            target[...] = slab
+        _send(out, {"slab": 4}, None if target is not None else slab.tobytes())
     else:
         row_bytes = max(1, native.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
         rows = max(1, SLAB_BYTES // row_bytes)
@@ -191,16 +196,21 @@ def stream(h5py, np, out, ds, bytes_per_second, base_seconds):
             rows = max(step, rows // step * step)
         chunk_bytes = native.itemsize * int(np.prod(ds.chunks or (1,), dtype=np.int64))
         _limit_memory(3 * min(rows, shape[0]) * row_bytes + 2 * chunk_bytes)
-        buffer = np.empty((min(rows, shape[0]),) + tuple(shape[1:]), dtype=native)
+        direct = target is not None and native == np.float32  # read straight into shared memory
+        buffer = None if direct else np.empty((min(rows, shape[0]),) + tuple(shape[1:]), dtype=native)
         for start in range(0, shape[0], rows):
             stop = min(shape[0], start + rows)
-            part = buffer[: stop - start]
+            part = target[start:stop] if direct else buffer[: stop - start]
             signal.alarm(math.ceil(base_seconds + part.nbytes / bytes_per_second) + 1)
             ds.read_direct(part, np.s_[start:stop], np.s_[0:stop - start])
             with np.errstate(over="ignore", invalid="ignore"):
-                slab = part.astype(np.float32)
+                if target is None:
+                    slab = part.astype(np.float32, copy=False)
+                elif not direct:
+                    np.copyto(target[start:stop], part, casting="unsafe")
             signal.alarm(0)
-            _send(out, {"slab": slab.nbytes}, memoryview(slab).cast("B"))
+            raw = None if target is not None else memoryview(slab).cast("B")
+            _send(out, {"slab": 4 * part.size}, raw)
     _send(out, {"done": True})
 
 
@@ -211,7 +221,7 @@ def _reason(exc):
 def read_file(h5py, np, sock, request):
     """Serve one file on ``sock`` (the protocol above) until the parent closes its end; the file
     is closed before this returns, so the parent's end of file means the file is released."""
-    inp, out = sock.makefile("rb"), sock.makefile("wb")
+    out = sock.makefile("wb")
     _limit_memory()
     signal.alarm(math.ceil(request["inspect_seconds"]) + 1)
     f = None
@@ -230,15 +240,48 @@ def read_file(h5py, np, sock, request):
             _send(out, {"failed": _reason(exc)})
             return
         signal.alarm(0)
-        for line in inp:
+        for read, fd in _requests(sock):
             try:
-                stream(h5py, np, out, f[json.loads(line)["read"]], request["bytes_per_second"],
-                       request["inspect_seconds"])
+                _serve_read(h5py, np, out, f[read["read"]], request, fd, read.get("nbytes", 0))
             except Exception as exc:
                 _send(out, {"failed": _reason(exc)})
     finally:
         if f is not None:
             f.close()
+
+
+def _requests(sock):
+    """(request, memfd or None) for each line the parent sends, until it closes its end; a
+    request's memfd arrives with its first byte."""
+    pending, fds = b"", []
+    while True:
+        data, received, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+        if not data:
+            return
+        fds += received
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            yield request, (fds.pop(0) if request.get("shared") and fds else None)
+
+
+def _serve_read(h5py, np, out, ds, request, fd, nbytes):
+    """Stream one dataset, into the parent's shared memory ``fd`` when it sent one."""
+    import mmap
+
+    if fd is None:
+        return stream(h5py, np, out, ds, request["bytes_per_second"], request["inspect_seconds"])
+    try:
+        _limit_memory(nbytes + 3 * SLAB_BYTES)
+        with mmap.mmap(fd, max(nbytes, 1)) as shared:
+            target = np.frombuffer(shared, np.float32, count=nbytes // 4).reshape(ds.shape)
+            try:
+                stream(h5py, np, out, ds, request["bytes_per_second"], request["inspect_seconds"], target)
+            finally:
+                del target
+    finally:
+        os.close(fd)
 
 
 def serve(control_fd, package_dirs):
