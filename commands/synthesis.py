@@ -93,6 +93,8 @@ def fool(
     names = class_names_for(n_classes, model, class_index)
     targets = [resolve_class(t, n_classes, names) for t in target]
     targets = np.array(targets * n if len(targets) == 1 else targets)
+    check_memory(network_bytes(model, tuple(s or 224 for s in model.input_shape[:2]), n, LOGITS),
+                 f"fooling {n} images at once", "give fewer images or targets")
     height, width = (s or 224 for s in model.input_shape[:2])
     rgb = np.stack([resize_image(photos[0 if len(photos) == 1 else i], (width, height)) for i in range(n)])
     x = engine.preprocess_input(rgb)
@@ -385,6 +387,9 @@ def classmax(
     n_classes = model.layers[-1].kernel.shape[1]
     names = class_names_for(n_classes, model, class_index)
     classes = [resolve_class(value, n_classes, names) for value in klass]
+    hw = tuple(s or 224 for s in model.input_shape[:2])
+    check_memory(network_bytes(model, hw, len(classes), LOGITS), f"class models of {len(classes)} classes",
+                 "ask for fewer --class values at once")
     default = "classmax_" + "_".join(str(k) for k in classes) + ".png"
     out = check_output(out if out is not None else Path(default), overwrite)
     check_array_output(array_path, overwrite)
