@@ -163,7 +163,7 @@ def test_tsne_caps_perplexity():
 
 def test_tsne_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "sklearn.manifold", None)
-    with pytest.raises(ConvscopeError, match=r"convscope\[tsne\]"):
+    with pytest.raises(ConvscopeError, match=r"pip install scikit-learn .*\.\[tsne\]"):
         dataset.tsne_2d(np.zeros((5, 3)))
 
 
