@@ -195,7 +195,8 @@ def stream(h5py, np, out, ds, bytes_per_second, base_seconds, target=None):
             step = ds.chunks[0]
             rows = max(step, rows // step * step)
         chunk_bytes = native.itemsize * int(np.prod(ds.chunks or (1,), dtype=np.int64))
-        _limit_memory(3 * min(rows, shape[0]) * row_bytes + 2 * chunk_bytes)
+        shared = 0 if target is None else target.nbytes  # already mapped: counted in our size
+        _limit_memory(shared + 3 * min(rows, shape[0]) * row_bytes + 2 * chunk_bytes)
         direct = target is not None and native == np.float32  # read straight into shared memory
         buffer = None if direct else np.empty((min(rows, shape[0]),) + tuple(shape[1:]), dtype=native)
         for start in range(0, shape[0], rows):
