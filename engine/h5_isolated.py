@@ -7,7 +7,9 @@ this process never opens the file itself. ``IsolatedH5(path, label)`` asks the r
 exits) for a reader of that one file. The reader walks the whole file, refuses anything that would
 leave it, and answers with a manifest: every group and dataset with its attributes, shape, dtype
 and stored size. ``Node`` answers ``in``, ``[]`` and ``.attrs`` from it, so a dataset's shape and
-dtype are known before a value is read; ``Node.read()`` then streams the values as float32.
+dtype are known before a value is read; ``Node.read()`` then has the reader write the values as
+float32 into memory shared with this process (a memfd; a stream over the socket where there is
+no memfd).
 
 A fork server rather than a fresh interpreter per file: starting Python and importing h5py takes
 0.2-0.8 s, forking a server that has done so takes milliseconds (``benchmarks/README.md``).

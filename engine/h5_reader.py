@@ -19,10 +19,12 @@ them.
    before any data is read. A soft link is kept (``{"type": "alias", "target": path}``) only if
    it resolves to an object of this file; an object reached twice is an alias of its first path.
 2. Then, for each ``{"read": path}`` line received: ``{"slab": n}`` + n bytes of float32 values
-   in C order, repeated, then ``{"done": true}``; or ``{"failed": reason}``. Slabs are whole
-   chunks along axis 0, about ``SLAB_BYTES``, so memory stays small and each chunk is decoded
-   once. Casting to float32 happens here with overflow allowed: a value beyond float32 becomes
-   inf, which the parent refuses.
+   in C order, repeated, then ``{"done": true}``; or ``{"failed": reason}``. A request with
+   ``"shared": true`` comes with a memfd of ``nbytes`` (SCM_RIGHTS): the values are written into
+   it and the slab lines carry no bytes. Slabs are whole chunks along axis 0, about
+   ``SLAB_BYTES``, so memory stays small and each chunk is decoded once. Casting to float32
+   happens here with overflow allowed: a value beyond float32 becomes inf, which the parent
+   refuses.
 """
 
 import json
