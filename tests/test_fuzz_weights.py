@@ -31,7 +31,7 @@ LONG = os.environ.get("CONVSCOPE_FUZZ") == "long"
 SECONDS = h5_isolated.INSPECT_SECONDS + 3.0
 PARENT_MB = 64
 READER_MB = 700  # the reader's own limit: its size at fork + 512 MiB of address space
-BOMB_MB = 150
+BOMB_MB = 64  # the reader itself (Python, NumPy, h5py) is about 40 MiB
 
 
 def _status(key):
