@@ -20,9 +20,8 @@ from commands.common import (
     ClassIndex, ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_text, command, explained_class,
     load_model, network_input, progress, require_classifier, shape_text,
 )
-from commands.limits import DEFAULT_MAX_SIDE, shrink_to
+from commands.limits import DEFAULT_MAX_LOSS, DEFAULT_MAX_SIDE, shrink_to
 from commands.outputs import check_output, write_text
-from commands.synthesis import DEFAULT_MAX_LOSS
 from commands.pictures import activation_picture, heatmap_picture, occlusion_unit, saliency_picture
 
 HTML_SUFFIXES = {".html", ".htm"}

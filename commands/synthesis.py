@@ -16,14 +16,11 @@ from commands.common import (
     ClassIndex, Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, class_label, class_names_for,
     command, load_model, require_classifier, progress, resolve_class, resolve_layer,
 )
-from commands.limits import DEFAULT_MAX_SIDE, FLOAT32, check_memory, check_side, network_bytes, shrink_to
+from commands.limits import (
+    DEFAULT_MAX_LOSS, DEFAULT_MAX_SIDE, check_memory, check_side, dream_bytes, network_bytes, shrink_to,
+)
 from commands.pictures import side_by_side, titled
 from engine.model import LOGITS
-
-# dream's default --max-loss: on the real VGG16 block1-2 weights, a block2 dream of a photo
-# (4 octaves x 20 steps) ends at a loss of 8.6e7 with 14% of the pixels saturated; a guard of 1e6
-# ends each octave once the colours start to burn (4% saturated, a mean change of 14 levels).
-DEFAULT_MAX_LOSS = 1e6
 from commands.outputs import (
     check_array_output, check_output, output_prefix, save_array, save_image,
 )
@@ -317,9 +314,8 @@ def dream(
     notes = []
     photo = shrink_to(photo, max_side, notes.append)
     height, width = photo.shape[:2]
-    window = (min(tile, height), min(tile, width))
-    check_memory(network_bytes(model, window, 1, max(chosen, key=model.layer_index)) + 8 * FLOAT32 * height * width * 3,
-                 f"dreaming at {width}x{height}", "lower --max-side or --tile")
+    check_memory(dream_bytes(model, chosen, (height, width), tile), f"dreaming at {width}x{height}",
+                 "lower --max-side or --tile")
     shown = ",".join(f"{name}={weight:g}" for name, weight in chosen.items())
     announced = []
 

@@ -23,7 +23,6 @@ it walks a flipped copy with plain h5py in a forked child and reports flips that
 import json
 import os
 import pathlib
-import shutil
 from dataclasses import dataclass, field
 from typing import Callable
 
