@@ -168,7 +168,7 @@ def network_runs(bench, kind, x, g, layer):
     torch, runs = bench.torch, {}
     for name in ("engine_cpu", "engine_cuda"):
         model = bench.engines[name]
-        xd, gd = model.backend.to_device(x), model.backend.to_device(g)
+        xd, gd = model.backend.asarray(x), model.backend.asarray(g)
 
         def run(model=model, xd=xd, gd=gd, name=name):
             trace = model.trace(xd, upto=layer)

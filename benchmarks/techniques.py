@@ -72,7 +72,7 @@ def filter_starts(filters, size, seed=0):
 def _resize(x, shape):
     import torch.nn.functional as F
 
-    # in float64, rounded once: the correctly rounded result, as engine.viz.resize computes it; the
+    # in float64, rounded once: the correctly rounded result, as the engine's resize_bilinear op computes it; the
     # ascent amplifies even last-bit differences of the resizes (1e-7 -> 1e-3 over two octaves)
     out = F.interpolate(x.double().permute(0, 3, 1, 2), size=tuple(shape), mode="bilinear", align_corners=False, antialias=False)
     return out.permute(0, 2, 3, 1).float().contiguous()

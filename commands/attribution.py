@@ -42,7 +42,7 @@ def gradcam(
     class_index: ClassIndex = None,
 ):
     """Where the network sees a class: the Grad-CAM heatmap, jet-coloured, blended over the photo."""
-    from engine.viz.gradcam import grad_cam
+    from engine.viz.attribution.gradcam import grad_cam
 
     if not 0.0 <= alpha <= 1.0:
         raise ConvscopeError(f"--alpha {alpha}: give a weight between 0 and 1")
@@ -178,7 +178,7 @@ def occlusion(
 
     --save-array writes the drop in probability per pixel: (224, 224) float32."""
     from engine.viz.attribution.base import check_count
-    from engine.viz.occlusion import occlusion as occlusion_map
+    from engine.viz.attribution.occlusion import occlusion as occlusion_map
 
     if not 0.0 <= alpha <= 1.0:
         raise ConvscopeError(f"--alpha {alpha}: give a weight between 0 and 1")

@@ -314,7 +314,7 @@ def resolve_class(value: str, n_classes: int, names=None) -> int:
 def explained_class(model, klass: Optional[str], class_index: Optional[Path] = None):
     """(class names or None, the --class index or None: each image's top class) for a command that
     explains one class; a one-line error for a file without the classifier."""
-    from engine.viz.cam import n_classes
+    from engine.viz.attribution.base import n_classes
 
     require_classifier(model, command_name())
     width = n_classes(model)

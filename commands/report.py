@@ -115,8 +115,8 @@ def report(
     from engine.viz.activations import activation_maps, default_layers as activation_layers
     from engine.viz.attribution import attribute
     from engine.viz.dream import deep_dream, default_layers as dream_layers
-    from engine.viz.gradcam import grad_cam
-    from engine.viz.occlusion import occlusion as occlusion_map
+    from engine.viz.attribution.gradcam import grad_cam
+    from engine.viz.attribution.occlusion import occlusion as occlusion_map
 
     settings = FAST if fast else FULL
     photo = load_image(image)  # a bad image fails before the slow load

@@ -1,11 +1,14 @@
-"""The one place that picks a compute backend and moves arrays between host and device.
+"""The one place that picks a compute backend and knows where its arrays live.
 
 A ``Backend`` bundles a kernel module (``kernels.cpu``, ``kernels.cuda`` or the NumPy oracle
-``kernels.reference``) with allocation and transfer helpers. Everything above this module calls
-``backend.ops.<op>`` and never asks which device it is on.
+``kernels.reference``) with the array helpers everything above it uses: ``owns(x)`` (is x one
+of this backend's arrays), ``asarray`` / ``to_host`` (move between host and device), ``empty``,
+``zeros``, ``copy``, ``copy_into``, and ``buffers()``: a pool of named, reused buffers (the
+model's layer outputs and gradient arenas, an optimisation loop's work arrays). Code above this
+module calls ``backend.ops.<op>`` and these helpers, and never asks which device it is on.
 
-Arrays crossing the boundary are checked against the data contract of ``kernels/__init__.py``:
-float32, C-contiguous, NHWC (4-D) for images and activations.
+Arrays of the 'cpu' and 'reference' backends are NumPy arrays; those of 'cuda' are numba device
+arrays. ``dtype`` is float32, except a 'reference' backend made for float64 gradient checks.
 """
 
 import functools
@@ -23,127 +26,146 @@ CUDA_INSTALL_HINT = 'install the CUDA extra with: pip install -e ".[cuda]" (numb
 
 
 class Backend:
-    """Kernels plus host/device memory management for one device."""
+    """Kernels plus the array helpers of one device."""
 
     def __init__(self, name: str, ops, dtype=np.float32):
         self.name = name
         self.ops = ops
-        self.dtype = np.dtype(dtype)  # float32; float64 only for gradient checks on 'reference'
+        self.dtype = np.dtype(dtype)
+        self._host = name != "cuda"
 
     def __repr__(self):
         return f"Backend({self.name!r})"
 
-    @property
-    def on_host(self) -> bool:
-        return self.name != "cuda"
+    def owns(self, x) -> bool:
+        """True when x is an array of this backend (a NumPy array on the host ones, a numba device
+        array on 'cuda'): ops take it as it is."""
+        if self._host:
+            return isinstance(x, np.ndarray)
+        return not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host")
 
-    def to_device(self, array) -> "np.ndarray":
-        """A C-contiguous copy (or view, when already so) in this backend's dtype, on its device."""
-        host = np.ascontiguousarray(array, dtype=self.dtype)
-        if self.on_host:
-            return host
+    def asarray(self, x):
+        """x as an array of this backend: itself when it owns x (on the host: when x is already
+        C-contiguous in this dtype), else a C-contiguous copy in this dtype on the device."""
+        if self._host:
+            return np.ascontiguousarray(x, dtype=self.dtype)
+        if self.owns(x):
+            return x
         from numba import cuda
 
-        return cuda.to_device(host)
+        return cuda.to_device(np.ascontiguousarray(x, dtype=self.dtype))
 
     def upload(self, array):
         """A host array of any dtype (indices, masks) on this device, dtype kept; a copy."""
         host = np.array(array, copy=True, order="C")
-        if self.on_host:
+        if self._host:
             return host
         from numba import cuda
 
         return cuda.to_device(host)
 
+    def frozen(self, array):
+        """A copy on this device that the engine never writes (conv kernels); host copies are
+        marked read-only, which lets the CPU convolutions cache transforms of them."""
+        param = self.asarray(array)
+        if self._host:
+            param = np.array(param, copy=True)
+            param.setflags(write=False)
+        return param
+
     def copy_into(self, source, out):
         """out[...] = source, where out is an array of this backend and source a host array or
         one of this backend's; returns out."""
-        if self.on_host:
+        if self._host:
             np.copyto(out, source)
         else:
             out.copy_to_device(np.ascontiguousarray(source) if isinstance(source, np.ndarray) else source)
         return out
 
     def to_host(self, array, copy: bool = True) -> np.ndarray:
-        if self.on_host:
+        """A NumPy array with the values of one of this backend's arrays (on the host, the array
+        itself when ``copy`` is False)."""
+        if self._host:
             return np.array(array, copy=True) if copy else array
         return array.copy_to_host()
 
     def empty(self, shape, dtype=None):
         dtype = self.dtype if dtype is None else dtype
-        if self.on_host:
+        if self._host:
             return np.empty(shape, dtype=dtype)
         from numba import cuda
 
         return cuda.device_array(shape, dtype=dtype)
 
     def zeros(self, shape, dtype=None):
-        zeros = np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
-        if self.on_host:
-            return zeros
-        from numba import cuda
-
-        return cuda.to_device(zeros)
+        return self.upload(np.zeros(shape, dtype=self.dtype if dtype is None else dtype))
 
     def copy(self, array):
         """A new array on this device holding the same values."""
-        if self.on_host:
-            return array.copy()
-        from numba import cuda
+        return self.copy_into(array, self.empty(array.shape, array.dtype))
 
-        out = cuda.device_array_like(array)
-        out.copy_to_device(array)
-        return out
+    def conv_options(self, algorithm: str) -> dict:
+        """Keyword arguments that ask this backend's convolutions for ``algorithm``: only the
+        backends whose ``conv2d_forward`` takes an ``algorithm`` have a choice; "auto" is theirs."""
+        if algorithm == "auto" or "algorithm" not in _parameters(self.ops.conv2d_forward):
+            return {}
+        return {"algorithm": algorithm}
 
-    def accumulate(self, total, addend):
-        """total += addend, elementwise, in place on this device."""
-        if self.on_host:
-            np.add(total, addend, out=total)
-        else:
-            self.ops.axpy(1.0, addend, total)
-        return total
+    def buffers(self) -> "Buffers":
+        return Buffers(self)
 
 
-class Workspace:
-    """Buffers of one backend reused by every step of a loop, by key: allocated on first use.
+class Buffers:
+    """Named buffers of one backend, reused from call to call: the one pool behind the model's
+    passes and the optimisation loop.
 
-    ``buffer(key, shape)`` returns the same array for the same key and shape; ``zeros`` also
-    clears it, on the device (the backend's ``fill`` op: nothing crosses from the host);
-    ``constant(key, host_array)`` copies a host array (any dtype) to the device once.
+    ``get(key, shape)`` returns a view shaped ``shape`` on the flat buffer of ``key`` (and dtype),
+    grown to the largest size asked for and never shrunk, so inputs of many sizes (DeepDream's
+    octaves, tiles) share one buffer per key. A later ``get`` of the same key may return the same
+    memory: a key names one role at a time. ``zeros`` also clears it on the device (the ``fill``
+    op); ``constant(key, host_array)`` copies a host array (any dtype) to the device once.
 
-    ``ops`` are the backend's kernels with this workspace's ``scratch`` given to every op that
-    takes one (the CUDA reductions keep their per-block partial sums there), so that a loop's
-    steps allocate nothing on the device for them; the ops' results are the same.
+    ``ops`` are the backend's kernels with ``scratch`` given to every op that takes one (the CUDA
+    reductions keep their per-block partial sums there), so that repeated steps allocate nothing
+    on the device for them; the ops' results are the same.
     """
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self._arrays = {}
+        self._flat = {}
+        self._constants = {}
         self.ops = _OpsWithScratch(backend.ops, self.scratch)
 
-    def buffer(self, key, shape, dtype=None):
+    def __iter__(self):
+        """The keys of the flat buffers: each key + (dtype string,)."""
+        return iter(self._flat)
+
+    def items(self):
+        return self._flat.items()
+
+    def get(self, key, shape, dtype=None):
         dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
-        full_key = ("buffer", key, tuple(int(s) for s in shape), dtype.str)
-        array = self._arrays.get(full_key)
-        if array is None:
-            array = self._arrays[full_key] = self.backend.empty(tuple(shape), dtype)
-        return array
+        full_key = (*(key if isinstance(key, tuple) else (key,)), dtype.str)
+        size = int(np.prod(shape))
+        flat = self._flat.get(full_key)
+        if flat is None or flat.size < size:
+            self._flat[full_key] = None  # free the old one first
+            flat = self._flat[full_key] = self.backend.empty((max(size, 1),), dtype)
+        return flat[:size].reshape(tuple(int(s) for s in shape))
 
     def zeros(self, key, shape):
-        return self.ops.fill(0.0, self.buffer(key, shape))
+        return self.ops.fill(0.0, self.get(key, shape))
 
     def constant(self, key, host_array):
-        full_key = ("constant", key)
-        array = self._arrays.get(full_key)
+        array = self._constants.get(key)
         if array is None:
-            array = self._arrays[full_key] = self.backend.upload(host_array)
+            array = self._constants[key] = self.backend.upload(host_array)
         return array
 
     def scratch(self, shape):
-        """A float32 buffer that ops fill and read within one call (``ops`` pass it): the same
-        one for every call and op with that shape, as each op is done with it when the next starts
-        (ops run in order)."""
-        return self.buffer(("op scratch",), shape, np.float32)
+        """A float32 buffer that ops fill and read within one call: one for every call and op, as
+        each op is done with it when the next starts (ops run in order)."""
+        return self.get("op scratch", shape, np.float32)
 
 
 class _OpsWithScratch:
@@ -155,23 +177,23 @@ class _OpsWithScratch:
         self._scratch = scratch
 
     def __repr__(self):
-        return f"<{self._ops.__name__} with a workspace's scratch>"
+        return f"<{self._ops.__name__} with reused scratch>"
 
     def __getattr__(self, name):
         if name.startswith("_"):  # private and special names are never ops (nor ours, while unset)
             raise AttributeError(name)
         value = getattr(self._ops, name)
-        if callable(value) and _takes_scratch(value):
+        if callable(value) and "scratch" in _parameters(value):
             value = functools.partial(value, scratch=self._scratch)
         setattr(self, name, value)  # later look-ups find it without __getattr__
         return value
 
 
-def _takes_scratch(fn) -> bool:
+def _parameters(fn):
     try:
-        return "scratch" in inspect.signature(fn).parameters
+        return inspect.signature(fn).parameters
     except (TypeError, ValueError):  # an object without a Python signature
-        return False
+        return {}
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -189,8 +211,9 @@ def cuda_status() -> tuple[bool, str]:
     return False, "no usable NVIDIA GPU or CUDA driver was found (numba.cuda.is_available() is False)"
 
 
-def get_backend(device: str = "cpu") -> Backend:
-    """Backend for 'cpu', 'cuda', 'auto' (CUDA when usable, else CPU) or 'reference' (NumPy)."""
+def get_backend(device: str = "cpu", dtype=np.float32) -> Backend:
+    """Backend for 'cpu', 'cuda', 'auto' (CUDA when usable, else CPU) or 'reference' (NumPy; any
+    ``dtype``, float64 for gradient checks)."""
     if isinstance(device, Backend):
         return device
     if device not in DEVICES:
@@ -204,4 +227,4 @@ def get_backend(device: str = "cpu") -> Backend:
         if not usable:
             raise ConvscopeError(f"--device cuda: {reason}")
         return Backend("cuda", importlib.import_module("kernels.cuda"))
-    return Backend(device, importlib.import_module(f"kernels.{device}"))
+    return Backend(device, importlib.import_module(f"kernels.{device}"), dtype if device == "reference" else np.float32)

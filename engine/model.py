@@ -9,9 +9,13 @@ backward needs (activation outputs for the ReLU/softmax/sigmoid backward, max-po
 llm.c does: no hidden tape. ``Trace.backward({layer: grad, ...})`` injects gradients at any set of
 layers (DeepDream sums several) and returns the gradient with respect to the input and, on
 request, to intermediate layer outputs (Grad-CAM). No weight gradients are ever computed.
+Each layer kind's forward/backward pair and geometry live in one table (``engine.layers``); the
+trace only walks the layers and hands gradients between them.
 
-Buffers are reused between passes of the same shapes, so a new trace invalidates the arrays of
-the previous one; ``forward`` and ``input_gradient`` return host copies and are always safe.
+Layer outputs and gradients live in one pool of the backend (``Backend.buffers``: one buffer per
+role and layer, grown to the largest input seen), reused by every pass, so a new trace
+invalidates the arrays of the previous one; ``forward`` and ``input_gradient`` return host
+copies and are always safe.
 """
 
 import os
@@ -19,45 +23,18 @@ import os
 import numpy as np
 
 from kernels import RELU_MODES
+from engine import geometry
 from engine.backend import get_backend
 from engine.errors import ConvscopeError
+from engine.layers import ACTIVATIONS, LAYERS, Dense, layer_output_shape
 from engine.spec import NetworkSpec
 
 LOGITS = "logits"
 INPUT = "input"
 
-# "auto": each convolution takes the CPU backend's fastest algorithm, Winograd F(4x4)/F(2x2) for
-# 3x3 layers (per-layer relative error 1e-7 to 3.5e-6 against float64 on VGG16). "gemm": im2col +
-# GEMM only (2-4e-7, slower). Float32 trajectories of iterated ascents (dream, class models,
-# fooling) follow every rounding through ReLU and max-pool near-ties, so a stored float32-faithful
-# trajectory is reproduced only by the arithmetic that made it; both are correct convolutions.
+# CPU convolutions: "auto" takes the fastest algorithm per layer (Winograd for 3x3), "gemm" im2col +
+# GEMM only (docs/design.md, "Layers and geometry", on why both exist).
 CONV_ALGORITHMS = ("auto", "gemm")
-
-
-def conv_padding(spec):
-    """(top, left) zero padding of a conv layer: Keras 'same' pads (k - 1) // 2 before."""
-    if spec.padding == "same":
-        kh, kw = spec.kernel.shape[:2]
-        return ((kh - 1) // 2, (kw - 1) // 2)
-    return (0, 0)
-
-
-def layer_output_shape(spec, in_shape):
-    """Output shape (without batch) of one layer for an input shape (without batch)."""
-    if spec.kind == "conv2d":
-        h, w, _ = in_shape
-        kh, kw, _, c_out = spec.kernel.shape
-        if spec.padding == "valid":
-            h, w = h - kh + 1, w - kw + 1
-        return (h, w, c_out)
-    if spec.kind == "maxpool2d":
-        h, w, c = in_shape
-        return (h // spec.pool_size[0], w // spec.pool_size[1], c)
-    if spec.kind == "flatten":
-        return (int(np.prod(in_shape)),)
-    if spec.kind == "dense":
-        return (spec.kernel.shape[1],)
-    return tuple(in_shape)  # dropout: identity at inference
 
 
 class Model:
@@ -74,26 +51,15 @@ class Model:
                 f"unknown convolution algorithm {conv!r}: choose one of {', '.join(CONV_ALGORITHMS)}"
             )
         self.conv = conv
-        # only the CPU backend has a choice of algorithms (kernels/cpu/conv.py)
-        self._conv_options = {"algorithm": conv} if self.backend.name == "cpu" and conv != "auto" else {}
+        self._conv_options = self.backend.conv_options(conv)  # only the CPU has a choice
         self.layers = spec.layers
         self._index = {layer.name: i for i, layer in enumerate(self.layers)}
-        to_device = self.backend.to_device
+        on_device, frozen = self.backend.asarray, self.backend.frozen  # kernels frozen: never written
         self._params = [
-            (self._kernel(l.kernel), to_device(l.bias)) if l.kernel is not None else (None, None)
-            for l in self.layers
+            (frozen(l.kernel), on_device(l.bias)) if l.kernel is not None else (None, None) for l in self.layers
         ]
-        self._workspace = {}
+        self._workspace = self.backend.buffers()  # layer outputs and gradient arenas, reused
         self._generation = 0
-
-    def _kernel(self, kernel):
-        """A kernel on the device; the host copy is read-only (the model never changes its
-        weights), which lets the CPU backend cache Winograd's transform of it."""
-        param = self.backend.to_device(kernel)
-        if self.backend.on_host:
-            param = np.array(param, copy=True)
-            param.setflags(write=False)
-        return param
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -110,7 +76,7 @@ class Model:
 
     @property
     def has_classifier(self) -> bool:
-        return self.layers[-1].kind == "dense"
+        return isinstance(LAYERS[self.layers[-1].kind], Dense)
 
     @property
     def n_params(self) -> int:
@@ -118,41 +84,12 @@ class Model:
 
     def output_shapes(self, input_hw, upto=None) -> list[tuple]:
         """Per-layer output shapes (without batch) for an input of (H, W), up to layer index
-        ``upto`` (default: all); checks the size fits those layers."""
-        shape = (int(input_hw[0]), int(input_hw[1]), self.input_shape[2])
-        shapes = []
-        last = len(self.layers) - 1 if upto is None else upto
-        for layer in self.layers[: last + 1]:
-            new = layer_output_shape(layer, shape)
-            if layer.kind == "dense" and shape[0] != layer.kernel.shape[0]:
-                raise ConvscopeError(
-                    f"an input of {input_hw[0]}x{input_hw[1]} px gives {shape[0]} features but "
-                    f"layer {layer.name} expects {layer.kernel.shape[0]}: "
-                    f"use {self._fixed_size_hint()} input"
-                )
-            if len(new) == 3 and min(new[:2]) < 1:
-                raise ConvscopeError(
-                    f"an input of {input_hw[0]}x{input_hw[1]} px is too small for this network "
-                    f"(layer {layer.name} would be empty): use at least "
-                    f"{self.min_input_size()}x{self.min_input_size()} px"
-                )
-            shapes.append(new)
-            shape = new
-        return shapes
-
-    def _fixed_size_hint(self):
-        h, w = self.input_shape[:2]
-        return f"{h}x{w} px" if h else "a matching"
+        ``upto`` (default: all); a one-line error when the size does not fit those layers."""
+        return geometry.output_shapes(self.spec, input_hw, upto)
 
     def min_input_size(self) -> int:
         """Smallest square input for which no spatial layer is empty."""
-        size = 1
-        for layer in reversed(self.layers):
-            if layer.kind == "maxpool2d":
-                size *= layer.pool_size[0]
-            elif layer.kind == "conv2d" and layer.padding == "valid":
-                size += layer.kernel.shape[0] - 1
-        return size
+        return geometry.min_input_size(self.layers)
 
     def summary_rows(self, input_size=None) -> list[tuple]:
         """Rows (name, kind, output shape, parameter count) for an input of (H, W)."""
@@ -200,35 +137,25 @@ class Model:
         self.output_shapes(x.shape[1:3], upto)
         return x
 
-    def _flat(self, key, size, dtype=None):
-        """The workspace's flat buffer ``key`` of at least ``size`` elements (grown, never shrunk)."""
-        flat = self._workspace.get(key)
-        if flat is None or flat.size < size:
-            flat = self._workspace[key] = None  # free the old one first
-            flat = self._workspace[key] = self.backend.empty((max(size, 1),), dtype)
-        return flat
-
     def _buffer(self, role, index, shape, dtype=None):
-        """A view shaped ``shape`` on the flat buffer of (role, layer index): one per role and
-        layer, grown to the largest shape asked for, whatever the input sizes (DeepDream's octaves,
-        tiles), not one per shape. A newer trace reuses it (``Trace._check_current``)."""
-        dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
-        size = int(np.prod(shape))
-        return self._flat((role, index, dtype.str), size, dtype)[:size].reshape(shape)
+        """The buffer of (role, layer index) shaped ``shape``: one per role and layer, grown to the
+        largest shape asked for, whatever the input sizes (DeepDream's octaves, tiles), not one
+        per shape. A newer trace reuses it (``Trace._check_current``)."""
+        return self._workspace.get((role, index), shape, dtype)
 
     def _arena(self, slot, shape, capacity):
-        """A view shaped ``shape`` on gradient arena ``slot`` (0 or 1), a flat buffer of at least
-        ``capacity`` elements: the backward's gradients alternate between the two arenas, so two
-        buffers of the largest gradient serve every layer (not two per shape)."""
-        return self._flat(("arena", slot), capacity)[: int(np.prod(shape))].reshape(shape)
+        """A view shaped ``shape`` on gradient arena ``slot`` (0 or 1) of at least ``capacity``
+        elements: the backward's gradients alternate between the two arenas, so two buffers of
+        the largest gradient serve every layer (not two per shape)."""
+        return self._workspace.get(("arena", slot), (capacity,))[: int(np.prod(shape))].reshape(shape)
 
     def trace(self, x, upto=None) -> "Trace":
         """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs."""
         last = len(self.layers) - 1 if upto is None else self.layer_index(upto)
-        if isinstance(x, np.ndarray) or not hasattr(x, "shape"):
+        if isinstance(x, np.ndarray) or not self.backend.owns(x):  # host data: checked
             x = self.check_input(x, last)
         self._generation += 1
-        return Trace(self, self.backend.to_device(x) if isinstance(x, np.ndarray) else x, last)
+        return Trace(self, self.backend.asarray(x), last)
 
     def forward(self, x, outputs=None) -> dict:
         """{name: host array} of the requested layer outputs (default: the last layer)."""
@@ -266,38 +193,16 @@ class Trace:
         self.generation = model._generation
         self.input = x
         self.last = last
-        ops, layers, buf = model.backend.ops, model.layers, model._buffer
         n = x.shape[0]
         self.outputs, self.argmax, self.logits = [], {}, None
-        shape_in = tuple(x.shape[1:])
         h = x
-        for i in range(last + 1):
-            spec = layers[i]
-            kernel, bias = model._params[i]
-            shape_out = layer_output_shape(spec, shape_in)
-            if spec.kind in ("conv2d", "dense"):
-                fused_relu = spec.activation == "relu"
-                out = buf("out", i, (n,) + shape_out)
-                if spec.kind == "conv2d":
-                    ops.conv2d_forward(h, kernel, bias, conv_padding(spec), fused_relu, out, **model._conv_options)
-                else:
-                    ops.dense_forward(h, kernel, bias, fused_relu, out)
-                if spec.activation in ("softmax", "sigmoid"):
-                    self.logits = out
-                    activated = buf("act", i, out.shape)
-                    getattr(ops, f"{spec.activation}_forward")(out, activated)
-                    out = activated
-                h = out
-            elif spec.kind == "maxpool2d":
-                out = buf("out", i, (n,) + shape_out)
-                argmax = buf("argmax", i, out.shape, np.int32)
-                ops.maxpool_forward(h, spec.pool_size, out, argmax)
-                self.argmax[i] = argmax
-                h = out
-            elif spec.kind == "flatten":
-                h = h.reshape((n,) + shape_out)
+        for i, spec in enumerate(model.layers[: last + 1]):
+            h = LAYERS[spec.kind].forward(self, i, spec, h, (n,) + layer_output_shape(spec, h.shape[1:]))
             self.outputs.append(h)
-            shape_in = shape_out
+
+    def layer_input(self, i):
+        """The input of layer i: the previous layer's output, or the network input."""
+        return self.outputs[i - 1] if i > 0 else self.input
 
     def _check_current(self):
         if self.generation != self.model._generation:
@@ -326,7 +231,6 @@ class Trace:
             raise ConvscopeError(f"unknown ReLU backward mode {relu!r}: use one of {', '.join(RELU_MODES)}")
         mode = RELU_MODES[relu]
         model, backend = self.model, self.model.backend
-        ops, layers, buf = backend.ops, model.layers, model._buffer
         injected = {}
         for name, g in grads.items():
             target = self.output(name)
@@ -335,11 +239,8 @@ class Trace:
                     f"gradient for {name!r} has shape {tuple(g.shape)}, the layer output has "
                     f"{tuple(target.shape)}"
                 )
-            injected[name] = backend.to_device(g) if isinstance(g, np.ndarray) else g
-        wrt_index = {}
-        for name in wrt:
-            if name != INPUT:
-                wrt_index[model.layer_index(name)] = name
+            injected[name] = backend.asarray(g)
+        wrt_index = {model.layer_index(name): name for name in wrt if name != INPUT}
         start = max(model.layer_index(name) for name in injected)
         # without 'input' the pass can stop at the shallowest layer asked for
         stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)
@@ -347,38 +248,25 @@ class Trace:
         g = None
         slot = 0  # gradients alternate between two arenas: each is dead once used
         capacity = max(int(np.prod(h.shape)) for h in [self.input] + self.outputs[stop:start])
+
+        def new_gradient(shape):
+            nonlocal slot
+            slot ^= 1
+            return model._arena(slot, shape, capacity)
+
         for i in range(start, stop - 1, -1):
-            spec = layers[i]
+            spec = model.layers[i]
             g = self._inject(g, injected.get(spec.name), i)
             if i in wrt_index:
                 result[wrt_index[i]] = backend.copy(g) if g is not None else backend.zeros(self.outputs[i].shape)
                 if i == stop and INPUT not in wrt:
                     break
-            if spec.kind in ("conv2d", "dense"):
-                if g is not None:
-                    g = self._activation_backward(spec, i, g, mode)
-                if i == len(layers) - 1 and LOGITS in injected:
-                    g = self._inject(g, injected[LOGITS], i, role="glogit")
-                if g is None:
-                    continue
-                kernel = model._params[i][0]
-                h_in = self.outputs[i - 1] if i > 0 else self.input
-                slot ^= 1
-                g_in = model._arena(slot, h_in.shape, capacity)
-                if spec.kind == "conv2d":
-                    ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **model._conv_options)
-                else:
-                    ops.dense_backward_input(g, kernel, g_in)
-                g = g_in
-            elif spec.kind == "maxpool2d" and g is not None:
-                h_in = self.outputs[i - 1] if i > 0 else self.input
-                slot ^= 1
-                g_in = model._arena(slot, h_in.shape, capacity)
-                ops.maxpool_backward(g, self.argmax[i], spec.pool_size, g_in)
-                g = g_in
-            elif spec.kind == "flatten" and g is not None:
-                h_in = self.outputs[i - 1] if i > 0 else self.input
-                g = g.reshape(h_in.shape)
+            if g is not None:
+                g = ACTIVATIONS[spec.activation].backward(self, i, g, mode)
+            if i == len(model.layers) - 1 and LOGITS in injected:
+                g = self._inject(g, injected[LOGITS], i, role="glogit")
+            if g is not None:
+                g = LAYERS[spec.kind].backward(self, i, spec, g, new_gradient)
         if INPUT in wrt:
             result[INPUT] = backend.copy(g) if g is not None else backend.zeros(self.input.shape)
         return result
@@ -389,22 +277,5 @@ class Trace:
             return g
         backend = self.model.backend
         if g is None:
-            total = self.model._buffer(role, i, addend.shape)
-            if backend.on_host:
-                np.copyto(total, addend)
-            else:
-                total.copy_to_device(addend)
-            return total
-        return backend.accumulate(g, addend)
-
-    def _activation_backward(self, spec, i, g, mode):
-        ops = self.model.backend.ops
-        y = self.outputs[i]
-        if spec.activation == "linear":
-            return g
-        if spec.activation == "relu":  # elementwise: in place (g is always this pass's buffer)
-            ops.relu_backward(g, y, mode, g)
-            return g
-        g_pre = self.model._buffer("gpre", i, g.shape)
-        getattr(ops, f"{spec.activation}_backward")(g, y, g_pre)
-        return g_pre
+            return backend.copy_into(addend, self.model._buffer(role, i, addend.shape))
+        return backend.ops.axpy(1.0, addend, g)

@@ -1,6 +1,6 @@
 """Pure compute kernels for convscope: no layer names, no model knowledge, no global state.
 
-Data contract (asserted at the backend boundary in ``engine/backend.py``):
+Data contract (what every op expects; ``engine/backend.py`` makes arrays that meet it):
 
 * dtype: float32 for every activation, gradient, kernel and bias on the hot path
   (``reference.py`` also accepts float64, which the gradient checks use).
@@ -54,7 +54,16 @@ LOOP_OPS = (
     "copy_window",
     "add_window",
 )
-"""What the optimisation loops (filters, dreams) do between passes: steps, scores, image moves."""
+"""What the optimisation loop (``engine/viz/optimise.py``) does between passes: steps, scores, image moves."""
 
-OP_NAMES = NETWORK_OPS + LOOP_OPS
+FOURIER_OPS = (
+    "irfft2_forward",
+    "irfft2_backward",
+)
+"""The Fourier image parameterisation (``engine/viz/param.py``): a weighted half spectrum to an
+image batch, and the exact adjoint. Spectra are (N, C, H, W//2 + 1, 2) float (real, imaginary
+last: Lucid's layout), frequency weights (H, W//2 + 1), images NHWC; the map is the orthonormal
+inverse real 2-D DFT of numpy.fft.irfft2 (see ``reference.irfft2_forward``)."""
+
+OP_NAMES = NETWORK_OPS + LOOP_OPS + FOURIER_OPS
 """Every op that every backend exports."""

@@ -143,7 +143,7 @@ def sigmoid_backward(grad_out, y, grad_in):
     return grad_in
 
 
-# --- the ops of the optimisation loops (filters, dreams): scores, steps, image moves ----------
+# --- the ops of the optimisation loop (engine/viz/optimise.py): scores, steps, image moves ----
 #
 # Scores add ``weight * S_n(x)`` to ``total[n]`` and ``weight * dS_n/dx`` to ``grad`` (both
 # accumulated, so several weighted terms share one loss and one gradient buffer). ``region`` is
@@ -165,11 +165,11 @@ def axpy(alpha, x, y):
 
 
 def masked_axpy(alpha, scale, x, active, y):
-    """y[n] += alpha * scale[n] * x[n] for every sample n with active[n] != 0."""
+    """y[n] += (alpha * scale[n]) * x[n] for every sample n with active[n] != 0, in y's dtype
+    (as the device kernel computes it)."""
     keep = np.asarray(active) != 0
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    step = alpha * scale.astype(np.float64).reshape(shape) * x
-    y[keep] = (y[keep] + step[keep]).astype(y.dtype)
+    factor = (y.dtype.type(alpha) * scale.astype(y.dtype)).reshape((-1,) + (1,) * (x.ndim - 1))
+    y[keep] += (factor * x)[keep]
     return y
 
 
@@ -274,3 +274,44 @@ def add_window(window, origin, out):
     y0, x0 = origin
     out[:, y0 : y0 + window.shape[1], x0 : x0 + window.shape[2], :] += window
     return out
+
+
+# --- the Fourier image parameterisation: a weighted half spectrum <-> an image batch ---------
+#
+# The real-linear map F: (N, C, H, Wf, 2) -> (N, H, W, C), Wf = W // 2 + 1, of numpy.fft.irfft2
+# with norm="ortho" applied to scale * (re + i im):
+#
+#     out[n, y, x, c] = sum over ky < H, k < Wf of  h_k / sqrt(H W) * Re(s[ky, k] X[n, c, ky, k]
+#                                                       * exp(2 pi i (ky y / H + k x / W)))
+#
+# with h_k = 1 for k = 0 and, when W is even, k = W / 2 (the columns that are their own Hermitian
+# mirror), else 2. Imaginary parts that multiply sin(0) or sin(pi y) (X[0, 0], X[H/2, 0], ...)
+# do not reach the image: their adjoint is 0. The adjoint is h_k s[ky, k] rfft2(g, "ortho").
+
+
+def hermitian_weights(width: int) -> np.ndarray:
+    """h_k of the comment above: how often column k of a width-``width`` half spectrum counts."""
+    weights = np.full(width // 2 + 1, 2.0)
+    weights[0] = 1.0
+    if width % 2 == 0:
+        weights[-1] = 1.0
+    return weights
+
+
+def irfft2_forward(spectrum, scale, out):
+    """out (N,H,W,C) = irfft2(scale * spectrum, norm="ortho") per image and channel;
+    spectrum (N, C, H, W//2+1, 2) (real, imaginary), scale (H, W//2+1) real."""
+    height, width = out.shape[1:3]
+    z = (spectrum[..., 0].astype(np.float64) + 1j * spectrum[..., 1]) * scale
+    out[...] = np.fft.irfft2(z, s=(height, width), norm="ortho").transpose(0, 2, 3, 1)
+    return out
+
+
+def irfft2_backward(grad_out, scale, grad_spectrum):
+    """The adjoint of ``irfft2_forward``: grad_spectrum (N, C, H, W//2+1, 2) from grad_out (N,H,W,C)."""
+    width = grad_out.shape[2]
+    g = grad_out.transpose(0, 3, 1, 2).astype(np.float64)
+    z = np.fft.rfft2(g, norm="ortho") * (scale * hermitian_weights(width))
+    grad_spectrum[..., 0] = z.real
+    grad_spectrum[..., 1] = z.imag
+    return grad_spectrum

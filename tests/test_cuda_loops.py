@@ -6,7 +6,7 @@ several blocks per sample). The end-to-end runs use a tiny network and shrink th
 (fewer threads per block, a small GEMM tile; ``small_launches``): the simulator runs every CUDA
 thread as a Python thread, so its cost is the thread count, and the kernels are written for any
 block size (grid-stride loops, power-of-two reductions). Tolerances: ops 1e-5 relative; whole
-runs 1e-4 relative between the CUDA images and the CPU's (host NumPy path).
+runs 1e-4 relative between the CUDA images and the CPU's (the same loop on the CPU's ops).
 """
 
 import inspect
@@ -19,9 +19,10 @@ import engine.backend
 from engine.model import Model
 from engine.spec import LayerSpec, NetworkSpec
 from engine.viz import objectives as obj
-from engine.viz.ascent import gradient_ascent
-from engine.viz.dream import deep_dream, dream_objective
+from engine.viz.dream import deep_dream, dream_gradient
 from engine.viz.filters import visualize_filters
+from engine.viz.optimise import optimise
+from engine.viz.steps import Adam, Ascent
 from engine.viz.transforms import Affine, Jitter
 from tests.synthetic import uniform
 
@@ -179,9 +180,9 @@ def test_fill_and_axpy():
     np.testing.assert_array_equal(y, ref.axpy(-1.0, x, y0.copy()))  # exact: y + (-x) = y - x
 
 
-def test_workspace_ops_reuse_their_scratch(monkeypatch):
-    """Through a Workspace the reductions keep their partial sums in reused buffers (one per
-    shape): once they exist a step allocates nothing, and the results are, bit for bit, those of
+def test_buffers_ops_reuse_their_scratch(monkeypatch):
+    """Through Buffers the reductions keep their partial sums in one reused buffer (grown to the
+    largest shape): once it exists a step allocates nothing, and the results are, bit for bit, those of
     the ops allocating their own. (4-thread blocks, so that a tiny sample spans several parts.)"""
     from numba import cuda
 
@@ -191,7 +192,7 @@ def test_workspace_ops_reuse_their_scratch(monkeypatch):
     monkeypatch.setattr(scores, "MAX_PARTS", 4)
     monkeypatch.setattr(elementwise, "ELEMENTWISE_THREADS", 32)
     monkeypatch.setattr(launch.blocks_for, "__defaults__", (1,))  # one block per fill
-    work = engine.backend.Workspace(engine.backend.get_backend("cuda"))
+    work = engine.backend.get_backend("cuda").buffers()
     rng = np.random.default_rng(30)
     x = cuda.to_device(random(rng, 2, 4, 5, 4))
     assert scores.launch_parts(80) == 3 and scores.launch_parts(12) == 1  # a sample, channel_sum's region
@@ -217,7 +218,8 @@ def test_workspace_ops_reuse_their_scratch(monkeypatch):
     assert allocations == []
     for result, reference in zip(results, expected):
         np.testing.assert_array_equal(result, reference)
-    assert work.scratch((2, 3)) is work.scratch((2, 3)) and work.scratch((2, 1)).shape == (2, 1)
+    assert [key for key in work if key[0] == "op scratch"] == [("op scratch", "<f4")]  # one, grown
+    assert work.scratch((2, 3)).shape == (2, 3) and work.scratch((2, 1)).shape == (2, 1)
     with pytest.raises(ValueError, match="not float32"):
         cuda_backend.square_sum(x, 0.0, (0, 4, 0, 5), 1.0, total, grad, scratch=lambda shape: scale)
 
@@ -372,75 +374,27 @@ def test_dream_on_cuda_copies_only_losses_and_the_dream(dream_runs):
     assert copies == [(1,)] * 4 + [(1, 8, 8, 3)]
 
 
-# -- the backend-op loop's logic, cheaply: on the CPU with the reference ops ---------------------
+def test_host_terms_and_adam_on_cuda_equal_the_cpu(models, small_launches):
+    """Terms no op computes (alpha_norm) and the Adam rule run in NumPy on the host copies; the
+    rest of the step stays on the device, and the run equals the CPU's."""
+    x0 = uniform(18, "x0", (2, 8, 8, 3), -1, 1)
+    objective = obj.channel("c2", [0, 1]) - 1e-3 * obj.alpha_norm(2.0)
+    cpu, gpu = (optimise(model, x0, -objective, Adam(lr=0.1, bounds=(-1.0, 1.0)), 2) for model in models)
+    assert rel_err(gpu.images, cpu.images) < RUN_TOL and rel_err(cpu.images, x0) > 1e-3
+    np.testing.assert_allclose(gpu.losses, cpu.losses, rtol=RUN_TOL)
+    ascent = [optimise(model, x0, objective, Ascent(0.5), 2).images for model in models]
+    assert rel_err(ascent[1], ascent[0]) < RUN_TOL
 
 
-def loop_model():
-    return Model(tiny_spec(), device="cpu")
-
-
-@pytest.mark.parametrize(
-    "objective, options",
-    [
-        (obj.channel("c2", [0, 1, 3], border=1) - 0.05 * obj.total_variation() - 0.01 * obj.l2(0.5),
-         dict(steps=4, step_size=0.5, transforms=[Jitter(2), Jitter(1)])),
-        (obj.dream({"c1": 0.7, "c2": 1.0}, border=1), dict(steps=4, normalize="mean_abs", step_size=0.3)),
-        (obj.mean_square("p1"), dict(steps=3, normalize=None, step_size=0.1)),
-    ],
-    ids=["channel-penalties-jitter", "dream", "raw-gradient"],
-)
-def test_backend_op_loop_equals_the_host_loop(objective, options):
-    model = loop_model()
-    x0 = uniform(15, "x0", (3, 12, 12, 3), -1, 1)
-    host = gradient_ascent(model, x0, objective, resident=False, **options)
-    ops = gradient_ascent(model, x0, objective, resident=True, **options)
-    assert rel_err(ops.images, host.images) < 1e-5
-    assert rel_err(ops.losses, host.losses) < 1e-5
-    assert rel_err(ops.images, x0) > 1e-3
-
-
-def test_backend_op_loop_stopping_rules():
-    model = loop_model()
-    x0 = uniform(17, "x0", (2, 12, 12, 3), -1, 1)
-    objective = obj.channel("c2", [0, 1])
-    first = gradient_ascent(model, x0, objective, steps=1, resident=True).losses[0]
-    # max_loss: the sample above it never moves; the other moves until its loss passes it too
-    frozen = gradient_ascent(model, x0, objective, steps=3, max_loss=float(first.mean()), resident=True)
-    host = gradient_ascent(model, x0, objective, steps=3, max_loss=float(first.mean()), resident=False)
-    assert frozen.active.tolist() == host.active.tolist() and frozen.losses.shape == host.losses.shape
-    high, low = int(np.argmax(first)), int(np.argmin(first))
-    np.testing.assert_array_equal(frozen.images[high], x0[high])
-    assert not np.array_equal(frozen.images[low], x0[low])
-    assert rel_err(frozen.images, host.images) < 1e-5
-    np.testing.assert_allclose(frozen.final_loss, host.final_loss, rtol=1e-5)
-    # stop_if_nonpositive: a negated objective stops every sample after its first update
-    stuck = gradient_ascent(model, x0, -objective, steps=4, stop_if_nonpositive=True, resident=True)
-    assert stuck.losses.shape[0] == 1 and not stuck.active.any() and not np.array_equal(stuck.images, x0)
-
-
-def test_host_only_objectives_refuse_the_backend_op_loop():
-    model = loop_model()
-    x0 = uniform(18, "x0", (1, 12, 12, 3), -1, 1)
-    assert obj.class_logit(0).device is None and obj.alpha_norm().device is None
-    assert obj.l2(center=x0).device is None and (obj.channel("c2", 0) + obj.alpha_norm()).device is None
-    with pytest.raises(ValueError, match="no device form"):
-        gradient_ascent(model, x0, obj.channel("c2", 0) - obj.alpha_norm(), steps=1, resident=True)
-
-
-def test_tiled_rolled_dream_gradient_in_backend_ops_equals_the_host_one():
-    """The device form of dream_objective (windows cut and added back, the roll undone) against
-    its host form, on the CPU's reference ops; whole image and 8 px tiles (four windows)."""
-    model = loop_model()
+def test_tiled_rolled_dream_gradient_on_cuda_equals_the_cpu(models, small_launches):
+    """The dream objective's windows (cut and added back by kernels) and the roll, against the
+    CPU's whole-image gradient: 8 px tiles make four windows."""
+    cpu, gpu = models
     x = uniform(6, "tiles", (2, 16, 12, 3), -80, 80)
-    for tile in (1000, 8):
-        host = dream_objective(model, {"c1": 0.3, "c2": 1.0}, tile=tile, roll=5, seed=4)
-        device = dream_objective(model, {"c1": 0.3, "c2": 1.0}, tile=tile, roll=5, seed=4)
-        loss, grads = host({"input": x})
-        work = engine.backend.Workspace(model.backend)
-        acc = obj.Accumulator(work, {"input": x}, np.zeros(2, np.float32), {"input": np.zeros_like(x)})
-        device.device(acc, 2.0)
-        assert rel_err(acc.loss, 2.0 * loss) < 1e-5
-        assert rel_err(acc.grads["input"], 2.0 * grads["input"]) < 1e-5
+    loss, grad = dream_gradient(cpu, x, {"c1": 0.3, "c2": 1.0}, tile=1000)
+    loss_t, grad_t = dream_gradient(gpu, x, {"c1": 0.3, "c2": 1.0}, tile=8)
+    assert rel_err(loss_t, loss) < 1e-5
+    assert rel_err(grad_t, grad) < 1e-5
 
 
 def test_affine_falls_back_to_the_host_and_says_so(models, small_launches):
@@ -448,17 +402,18 @@ def test_affine_falls_back_to_the_host_and_says_so(models, small_launches):
     and give the host result (Jitter, which has one, gives no warning)."""
     cpu, gpu = models
     x = uniform(19, "x", (1, 6, 6, 3), -1, 1)
-    rng_cpu, rng_gpu = np.random.default_rng(2), np.random.default_rng(2)
     affine = Affine((0.9, 1.1), (-10, 10))
-    expected, state = affine.apply(x, rng_cpu)
-    work = engine.backend.Workspace(gpu.backend)
-    out = work.buffer("out", x.shape)
+    expected = np.zeros_like(x)
+    state = affine.apply(cpu.backend, x, np.random.default_rng(2), expected)
+    rng_gpu, work = np.random.default_rng(2), gpu.backend.buffers()
+    out = work.get("out", x.shape)
     with pytest.warns(RuntimeWarning, match="Affine has no cuda kernel"):
-        state_gpu = affine.apply_on(gpu.backend, gpu.backend.to_device(x), rng_gpu, out)
+        state_gpu = affine.apply(gpu.backend, gpu.backend.asarray(x), rng_gpu, out)
     np.testing.assert_array_equal(out.copy_to_host(), expected)
     with pytest.warns(RuntimeWarning):
-        back = affine.adjoint_on(gpu.backend, out, state_gpu, work.buffer("back", x.shape))
-    np.testing.assert_allclose(back.copy_to_host(), affine.adjoint(expected, state), rtol=1e-6)
+        back = affine.adjoint(gpu.backend, out, state_gpu, work.get("back", x.shape))
+    expected_back = affine.adjoint(cpu.backend, expected, state, np.zeros_like(x))
+    np.testing.assert_allclose(back.copy_to_host(), expected_back, rtol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Jitter(2).apply_on(gpu.backend, gpu.backend.to_device(x), rng_gpu, out)
+        Jitter(2).apply(gpu.backend, gpu.backend.asarray(x), rng_gpu, out)

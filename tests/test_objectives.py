@@ -4,9 +4,11 @@ loop on a small network (batched equals one at a time, the objective rises, stop
 import numpy as np
 import pytest
 
+from engine.backend import get_backend
 from engine.model import Model
 from engine.viz import objectives as obj
-from engine.viz.ascent import gradient_ascent, normalize_gradient
+from engine.viz.optimise import above, nonpositive, optimise
+from engine.viz.steps import Ascent
 from engine.viz.transforms import Affine, Jitter, adjoint_all, apply_all, standard_transforms
 from tests.synthetic import uniform
 from tests.test_model import small_spec
@@ -43,6 +45,7 @@ def acts64():
         (obj.mean_square("conv", border=1), "conv"),
         (obj.dream({"conv": 0.7}, border=2), "conv"),
         (obj.class_logit([4, 0]), "logits"),
+        (obj.l2(center=uniform(11, "center", (2, 5, 4, 3), -1, 1)), "input"),
         (obj.l2(), "input"),
         (obj.alpha_norm(6), "input"),
         (obj.total_variation(2.0), "input"),
@@ -66,13 +69,17 @@ def test_channel_loss_is_the_mean_of_each_samples_channel():
     np.testing.assert_allclose(loss, [a[0, :, :, 1].mean(), a[1, :, :, 3].mean()])
 
 
+REFERENCE64 = get_backend("reference", np.float64)
+
+
 @pytest.mark.parametrize("transform", [Jitter(3), Affine((0.9, 1.1), (-7, 12))])
 def test_transform_adjoint(transform):
     x = uniform(12, "x", (2, 9, 11, 3), -1, 1).astype(np.float64)
     y = uniform(12, "y", (2, 9, 11, 3), -1, 1).astype(np.float64)
-    tx, state = transform.apply(x, np.random.default_rng(3))
+    tx = np.zeros_like(x)
+    state = transform.apply(REFERENCE64, x, np.random.default_rng(3), tx)
     lhs = np.sum(tx * y)
-    rhs = np.sum(x * transform.adjoint(y, state))
+    rhs = np.sum(x * transform.adjoint(REFERENCE64, y, state, np.zeros_like(y)))
     assert abs(lhs - rhs) < 1e-9 * (abs(lhs) + 1)
 
 
@@ -80,19 +87,27 @@ def test_composed_transforms_adjoint_and_change_the_image():
     x = uniform(13, "x", (1, 16, 16, 3), -1, 1).astype(np.float64)
     y = uniform(13, "y", (1, 16, 16, 3), -1, 1).astype(np.float64)
     ts = standard_transforms(jitter_pixels=2)
-    tx, states = apply_all(ts, x, np.random.default_rng(5))
+    buffers = REFERENCE64.buffers()
+    tx, states = apply_all(buffers, ts, x, np.random.default_rng(5))
     assert not np.allclose(tx, x)
-    assert abs(np.sum(tx * y) - np.sum(x * adjoint_all(ts, y, states))) < 1e-9 * np.abs(tx * y).sum()
+    assert abs(np.sum(tx * y) - np.sum(x * adjoint_all(buffers, ts, y, states))) < 1e-9 * np.abs(tx * y).sum()
 
 
-def test_normalisations():
-    g = uniform(14, "g", (3, 4, 4, 2), -1, 1)
+@pytest.mark.parametrize(
+    "normalize, statistic", [("rms", lambda u: np.sqrt((u**2).mean())), ("mean_abs", lambda u: np.abs(u).mean())]
+)
+def test_normalised_steps(normalize, statistic):
+    """One Ascent step moves each active sample by step_size along its normalised gradient."""
+    g = uniform(14, "g", (3, 4, 4, 2), -1, 1).astype(np.float64)
     g[1] *= 100
-    rms = normalize_gradient(g, "rms")
-    np.testing.assert_allclose(np.sqrt((rms.astype(np.float64) ** 2).mean(axis=(1, 2, 3))), 1, rtol=1e-4)
-    mab = normalize_gradient(g, "mean_abs")
-    np.testing.assert_allclose(np.abs(mab).mean(axis=(1, 2, 3)), 1, rtol=1e-5)
-    assert not normalize_gradient(np.zeros_like(g), "mean_abs").any()
+    x = np.zeros_like(g)
+    Ascent(0.5, normalize).update(REFERENCE64.buffers(), x, g, None, np.array([1, 1, 0], np.int32))
+    for i in range(2):
+        assert statistic(x[i]) == pytest.approx(0.5, rel=1e-4)
+    assert not x[2].any()
+    x = np.zeros_like(g)
+    Ascent(1.0, "mean_abs").update(REFERENCE64.buffers(), x, np.zeros_like(g), None, np.ones(3, np.int32))
+    assert not x.any()
 
 
 def conv_model():
@@ -105,11 +120,11 @@ def test_batched_ascent_equals_one_at_a_time_and_rises():
     model = conv_model()
     x0 = uniform(15, "x0", (3, 12, 12, 2), -1, 1)
     channels = [0, 1, 2]
-    batch = gradient_ascent(model, x0, obj.channel("c2", channels), steps=6, step_size=0.5)
+    batch = optimise(model, x0, obj.channel("c2", channels), Ascent(0.5), 6)
     assert batch.losses.shape == (6, 3)
     assert (batch.losses[-1] > batch.losses[0]).all()
     for i, c in enumerate(channels):
-        one = gradient_ascent(model, x0[i : i + 1], obj.channel("c2", c), steps=6, step_size=0.5)
+        one = optimise(model, x0[i : i + 1], obj.channel("c2", c), Ascent(0.5), 6)
         np.testing.assert_allclose(one.images[0], batch.images[i], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(one.losses[:, 0], batch.losses[:, i], rtol=1e-5)
 
@@ -117,8 +132,8 @@ def test_batched_ascent_equals_one_at_a_time_and_rises():
 def test_same_seed_same_bytes_with_transforms():
     model = conv_model()
     x0 = uniform(16, "x0", (2, 12, 12, 2), -1, 1)
-    run = lambda seed: gradient_ascent(
-        model, x0, obj.channel("c2", 1), steps=3, transforms=[Jitter(2), Affine((0.9, 1.1), (-5, 5))], seed=seed
+    run = lambda seed: optimise(
+        model, x0, obj.channel("c2", 1), Ascent(), 3, transforms=[Jitter(2), Affine((0.9, 1.1), (-5, 5))], seed=seed
     ).images
     assert run(4).tobytes() == run(4).tobytes()
     assert run(4).tobytes() != run(5).tobytes()
@@ -128,26 +143,22 @@ def test_stopping_rules():
     model = conv_model()
     x0 = uniform(17, "x0", (2, 12, 12, 2), -1, 1)
     objective = obj.channel("c2", [0, 1])
-    loss0 = gradient_ascent(model, x0, objective, steps=1).losses[0]
+    loss0 = optimise(model, x0, objective, Ascent(), 1).losses[0]
     # a sample above max_loss at the first measurement is never updated
-    frozen = gradient_ascent(model, x0, objective, steps=4, max_loss=float(loss0.min()) - 1e-3)
-    assert not frozen.active.any() and frozen.losses.shape[0] == 1
+    frozen = optimise(model, x0, objective, Ascent(), 4, stops=[above(float(loss0.min()) - 1e-3)])
+    assert not frozen.active.any() and frozen.losses.shape[0] == 1 and not frozen.steps.any()
     np.testing.assert_array_equal(frozen.images, x0)
     # a filter with no positive response (negated objective) stops after its first update
-    stuck = gradient_ascent(model, x0, -obj.mean_square("c2"), steps=5, stop_if_nonpositive=True)
-    assert stuck.losses.shape[0] == 1 and not stuck.active.any()
+    stuck = optimise(model, x0, -obj.mean_square("c2"), Ascent(), 5, stops=[nonpositive()])
+    assert stuck.losses.shape[0] == 1 and not stuck.active.any() and stuck.steps.tolist() == [1, 1]
     assert not np.array_equal(stuck.images, x0)
     # a batch where one sample stops early: its final loss is the one that stopped it
-    mixed = gradient_ascent(model, x0, obj.channel("c2", [0, 1]) * 1.0, steps=4, stop_if_nonpositive=True)
+    mixed = optimise(model, x0, obj.channel("c2", [0, 1]) * 1.0, Ascent(), 4, stops=[nonpositive()])
     np.testing.assert_array_equal(mixed.final_loss, mixed.losses[-1])  # neither stopped here
     first = loss0.copy()
-    objective = obj.channel("c2", [0, 1])
-    shifted = obj.Objective(
-        lambda acts: (lambda l, g: (l - np.array([first[0] + 1.0, 0.0]), g))(*objective(acts)),
-        objective.layers,
-    )
-    mixed = gradient_ascent(model, x0, shifted, steps=4, stop_if_nonpositive=True)
-    assert mixed.active.tolist() == [False, True] and mixed.losses.shape[0] == 4
+    offset = obj.host_term(obj.INPUT, lambda x: (-np.array([first[0] + 1.0, 0.0]), np.zeros_like(x)), "offset")
+    mixed = optimise(model, x0, obj.channel("c2", [0, 1]) + offset, Ascent(), 4, stops=[nonpositive()])
+    assert mixed.active.tolist() == [False, True] and mixed.losses.shape[0] == 4 and mixed.steps.tolist() == [1, 4]
     assert mixed.losses[0, 0] <= 0 and mixed.final_loss[0] == mixed.losses[0, 0]
     assert mixed.losses[-1, 0] != mixed.losses[0, 0]  # still measured after it stopped (its update applied)
     assert mixed.final_loss[1] == mixed.losses[-1, 1]

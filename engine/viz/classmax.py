@@ -16,9 +16,10 @@ applied after each step as the projection r(x + step * gradient):
   are set to 0 (costs one more gradient pass per step);
 * ``jitter``: a random circular shift before each gradient, undone on the gradient.
 
-The steps are ``ascent.gradient_ascent`` (the shared loop, gradient normalised by its RMS) run in
-chunks between regularisations; each chunk's jitter is seeded from (seed, step), so the same seed
-gives the same bytes. Without jitter the run is deterministic. Arrays: NHWC float32, caffe space.
+The steps are ``optimise`` with ``steps.Ascent`` (the shared loop, gradient normalised by its RMS)
+run in chunks between regularisations (NumPy on the host batch); each chunk's jitter is seeded
+from (seed, step), so the same seed gives the same bytes. Without jitter the run is
+deterministic. Arrays: NHWC float32, caffe space.
 """
 
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.viz.ascent import gradient_ascent, objective_gradient
 from engine.viz.objectives import class_logit
+from engine.viz.optimise import objective_gradient, optimise
+from engine.viz.steps import Ascent
 from engine.viz.transforms import Jitter
 
 SCORES = ("logit", "probability")
@@ -153,9 +155,8 @@ def class_model(
     while done < steps:
         k = min(chunk, steps - done)
         offset = done
-        ascent = gradient_ascent(
-            model, x, objective, steps=k, step_size=step_size, normalize="rms",
-            transforms=transforms, seed=_chunk_seed(seed, done),
+        ascent = optimise(
+            model, x, objective, Ascent(step_size, "rms"), k, transforms=transforms, seed=_chunk_seed(seed, done),
             callback=None if callback is None else (lambda s, loss, o=offset: callback(o + s, loss)),
         )
         x = ascent.images

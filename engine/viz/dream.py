@@ -11,10 +11,16 @@ The algorithm is Keras' (fchollet's ``deep_dream.py``, Keras 2 and keras-io alik
   only rescales each layer's weight by inner/full size);
 * octave shapes ``int(side / octave_scale**i)`` for i = octaves-1 .. 0, smallest first;
 * at each octave: resize the image to that shape, run ``steps`` steps of gradient ascent with the
-  gradient divided by max(mean |g|, 1e-7) (``ascent.gradient_ascent``, normalize="mean_abs"),
-  stopping early once the loss exceeds ``max_loss``; then re-inject the detail lost by shrinking:
-  resize(original, shape) - resize(resize(original, previous shape), shape);
-* resizes are bilinear without antialiasing (``viz.resize``), as ``tf.image.resize``.
+  gradient divided by max(mean |g|, 1e-7) (``optimise`` with ``Ascent(normalize="mean_abs")``),
+  stopping early once the loss exceeds ``max_loss`` (``optimise.above``); then re-inject the
+  detail lost by shrinking: resize(original, shape) - resize(resize(original, previous shape), shape);
+* resizes are the backend's ``resize_bilinear`` op: ``tf.image.resize(..., "bilinear")`` (=
+  PyTorch's ``interpolate(align_corners=False, antialias=False)``): half-pixel centres, edges
+  clamped, no antialiasing when shrinking (PIL widens its filter then, which gives a smoother
+  small octave), correctly rounded to float32 on every backend. That matters more than it
+  seems: the input gradient of a deep ReLU network is "shattered" (a change of 1e-7 in the input
+  can change it by 1%), so an octave that starts from a slightly different resize ends in a
+  visibly different dream.
 
 It works in caffe-preprocessed space. The Keras example's step of 0.01 is for inputs scaled to
 [-1, 1]; caffe inputs span about 255 units, so the default ``step_size`` is 0.01 * 127.5.
@@ -29,13 +35,12 @@ the TensorFlow tutorial's random circular shift of the image before each gradien
 the tutorial needs it to hide tile seams, which exact windows do not have, so it is off by
 default (it acts as jitter). Tiling needs 'same' convolutions and non-overlapping pooling (VGG).
 
-On the CUDA backend the whole octave loop stays on the device: the photo is copied there once,
-the octave resizes are the backend's ``resize_bilinear`` kernel, each octave's ascent keeps the
-batch on the device (``ascent.gradient_ascent`` with a device batch), the dream loss and its
-gradient are score kernels on the activations (windows cut and added back by kernels when
-tiling), the roll is the ``roll`` kernel, and the detail re-injection is two ``axpy``. Per step
-only the N losses come to the host; the dream comes back at the end. On the CPU the same loop
-runs on host arrays with the NumPy arithmetic the reference tests are calibrated on.
+The whole octave loop runs on backend ops, so on the CUDA backend it stays on the device: the
+photo is copied there once, the octave resizes are the ``resize_bilinear`` op, each octave's
+``optimise`` keeps the batch where it is, the dream loss and its gradient are ``square_sum`` on
+the activations (windows cut and added back by ``copy_window`` / ``add_window`` when tiling),
+the roll is ``roll``, and the detail re-injection is two ``axpy``. Per step only the N losses
+come to the host; the dream comes back at the end.
 
 Shapes: NHWC float32 (caffe space); every image of a batch is dreamed independently.
 """
@@ -45,11 +50,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.model import layer_output_shape
-from engine.viz import objectives
-from engine.viz.ascent import gradient_ascent, objective_gradient
-from engine.viz.objectives import INPUT, Accumulator, Objective
-from engine.viz.resize import resize_bilinear
+from engine.geometry import layer_shapes, tile_grid
+from engine.viz.objectives import INPUT, Objective
+from engine.viz.optimise import above, objective_gradient, optimise
+from engine.viz.steps import Ascent
 
 DEFAULT_LAYERS = {"block4_conv3": 1.0, "block5_conv1": 0.5}
 DEFAULT_STEP_SIZE = 0.01 * 127.5  # Keras' 0.01 for [-1, 1] inputs, in caffe units
@@ -81,45 +85,9 @@ def octave_shapes(shape, octaves: int, octave_scale: float) -> list:
     return shapes[::-1]
 
 
-# ------------------------------------------------------------------------------- geometry
-
-
-def _geometry(model, deepest: str):
-    """(stride of each layer up to ``deepest``, halo in input pixels, alignment) for tiling.
-
-    The halo is the receptive-field radius of ``deepest`` rounded up to the alignment (the total
-    pooling stride), so that every activation of a window's core sees exactly what it sees in the
-    whole image, and window corners fall on every pooling grid.
-    """
-    strides, radius, stride = {}, 0, 1
-    for layer in model.layers[: model.layer_index(deepest) + 1]:
-        if layer.kind == "conv2d":
-            if layer.padding != "same":
-                raise ConvscopeError(f"tiled dreams need 'same' convolutions; {layer.name} is '{layer.padding}'")
-            radius += (layer.kernel.shape[0] - 1) // 2 * stride
-        elif layer.kind == "maxpool2d":
-            radius += (layer.pool_size[0] - 1) * stride
-            stride *= layer.pool_size[0]
-        elif layer.kind != "dropout":
-            raise ConvscopeError(f"cannot dream with layer {layer.name} ({layer.kind}): use convolutional layers")
-        strides[layer.name] = stride
-    halo = -(-radius // stride) * stride
-    return strides, halo, stride
-
-
-def _layer_shapes(model, shape, deepest: str) -> dict:
-    """{name: output shape} of the layers up to ``deepest`` for an input of (H, W)."""
-    current = (int(shape[0]), int(shape[1]), model.input_shape[2])
-    shapes = {}
-    for layer in model.layers[: model.layer_index(deepest) + 1]:
-        current = layer_output_shape(layer, current)
-        shapes[layer.name] = current
-    return shapes
-
-
 def _check_layers(model, layers: dict, shape) -> None:
     """Every dream layer is spatial and keeps inner positions at this octave's size."""
-    shapes = _layer_shapes(model, shape, max(layers, key=model.layer_index))
+    shapes = layer_shapes(model.layers, (*shape, model.input_shape[2]))
     for name in layers:
         out = shapes[name]
         if len(out) != 3:
@@ -150,52 +118,20 @@ def _window(start: int, stop: int, n: int, halo: int, align: int, least: int):
 
 
 def dream_gradient(model, x, layers: dict, tile: int = 512):
-    """(loss (N,), d loss / d x) of ``objectives.dream(layers)``, in windows when x > tile."""
-    x = np.asarray(x, dtype=np.float32)
-    n, h, w, _ = x.shape
-    if h <= tile and w <= tile:
-        return objective_gradient(model, x, objectives.dream(layers, border=BORDER))
-    deepest = max(layers, key=model.layer_index)
-    strides, halo, align = _geometry(model, deepest)
-    tile = max(align, tile // align * align)
-    full = _layer_shapes(model, (h, w), deepest)
-    least = model.min_input_size()  # Model.trace checks the size through the whole network
-    loss = np.zeros(n, dtype=np.float64)
-    grad = np.zeros_like(x)
-    for cy0, cy1 in _cores(h, tile):
-        for cx0, cx1 in _cores(w, tile):
-            wy0, wy1 = _window(cy0, cy1, h, halo, align, least)
-            wx0, wx1 = _window(cx0, cx1, w, halo, align, least)
-            trace = model.trace(np.ascontiguousarray(x[:, wy0:wy1, wx0:wx1]), upto=deepest)
-            grads = {}
-            for name, weight in layers.items():
-                s = strides[name]
-                lh, lw, lc = full[name]
-                # this core's positions in the layer, inside the global border, in window coordinates
-                ys = slice(max(cy0 // s, BORDER) - wy0 // s, min(cy1 // s if cy1 < h else lh, lh - BORDER) - wy0 // s)
-                xs = slice(max(cx0 // s, BORDER) - wx0 // s, min(cx1 // s if cx1 < w else lw, lw - BORDER) - wx0 // s)
-                a = model.backend.to_host(trace.output(name), copy=False)
-                scale = weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
-                g = np.zeros_like(a)
-                inner = a[:, ys, xs, :]
-                if inner.size:
-                    loss += scale * np.square(inner, dtype=np.float64).reshape(n, -1).sum(axis=1)
-                    g[:, ys, xs, :] = np.float32(2.0 * scale) * inner
-                grads[name] = g
-            g_window = trace.backward(grads)[INPUT]
-            grad[:, wy0:wy1, wx0:wx1] += model.backend.to_host(g_window, copy=False)
-    return loss.astype(np.float32), grad
+    """(loss (N,), d loss / d x) of ``objectives.dream(layers)`` at x, in windows when x > tile;
+    host arrays."""
+    return objective_gradient(model, x, dream_objective(model, layers, tile))
 
 
-def _dream_gradient_on(model, x, layers: dict, tile: int, acc: Accumulator, weight: float, grad):
-    """``dream_gradient`` as backend ops on the backend's arrays: adds weight * loss (N,) to
-    ``acc.loss`` and weight * d loss / d x to ``grad``; activations never leave the device.
+def _dream_score(model, x, layers: dict, tile: int, acc, weight: float, grad):
+    """Add weight * the dream loss (N,) at x to ``acc.loss`` and weight * its gradient to
+    ``grad`` (arrays of the model's backend).
 
     One window when x fits in ``tile`` (no geometry needed, any convolution padding); otherwise
-    the windows of ``dream_gradient``, each cut out (``copy_window``), scored on its core and its
-    input gradient added back (``add_window``).
+    each window is cut out (``copy_window``), scored on its core only, and its input gradient
+    added back (``add_window``): the windows' sums are exactly the whole image's.
     """
-    work, ops = acc.work, acc.ops
+    buffers, ops = acc.buffers, acc.ops
     n, h, w, _ = x.shape
     deepest = max(layers, key=model.layer_index)
     if h <= tile and w <= tile:
@@ -206,31 +142,33 @@ def _dream_gradient_on(model, x, layers: dict, tile: int, acc: Accumulator, weig
             _, lh, lw, lc = a.shape
             region = (BORDER, lh - BORDER, BORDER, lw - BORDER)
             scale = weight * layer_weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
-            grads[name] = work.zeros(("dream layer", name), a.shape)
+            grads[name] = buffers.zeros(("dream layer", name), a.shape)
             ops.square_sum(a, 0.0, region, scale, acc.loss, grads[name])
         ops.axpy(1.0, trace.backward(grads)[INPUT], grad)
         return
-    strides, halo, align = _geometry(model, deepest)
+    upto = model.layers[: model.layer_index(deepest) + 1]
+    strides, halo, align = tile_grid(upto)
     tile = max(align, tile // align * align)
-    full = _layer_shapes(model, (h, w), deepest)
-    least = model.min_input_size()
+    full = layer_shapes(upto, x.shape[1:])
+    least = model.min_input_size()  # Model.trace checks the size through the whole network
     for cy0, cy1 in _cores(h, tile):
         for cx0, cx1 in _cores(w, tile):
             wy0, wy1 = _window(cy0, cy1, h, halo, align, least)
             wx0, wx1 = _window(cx0, cx1, w, halo, align, least)
-            window = work.buffer("dream window", (n, wy1 - wy0, wx1 - wx0, x.shape[3]))
+            window = buffers.get("dream window", (n, wy1 - wy0, wx1 - wx0, x.shape[3]))
             ops.copy_window(x, (wy0, wx0), window)
             trace = model.trace(window, upto=deepest)
             grads = {}
             for name, layer_weight in layers.items():
                 s = strides[name]
                 lh, lw, lc = full[name]
+                # this core's positions in the layer, inside the global border, in window coordinates
                 y0 = max(cy0 // s, BORDER) - wy0 // s
                 y1 = min(cy1 // s if cy1 < h else lh, lh - BORDER) - wy0 // s
                 x0 = max(cx0 // s, BORDER) - wx0 // s
                 x1 = min(cx1 // s if cx1 < w else lw, lw - BORDER) - wx0 // s
                 a = trace.output(name)
-                grads[name] = work.zeros(("dream layer", name, a.shape), a.shape)
+                grads[name] = buffers.zeros(("dream layer", name), a.shape)
                 if y1 > y0 and x1 > x0:
                     scale = weight * layer_weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
                     ops.square_sum(a, 0.0, (y0, y1, x0, x1), scale, acc.loss, grads[name])
@@ -238,42 +176,36 @@ def _dream_gradient_on(model, x, layers: dict, tile: int, acc: Accumulator, weig
 
 
 def dream_objective(model, layers: dict, tile: int = 512, roll: int = 0, seed: int = 0) -> Objective:
-    """The dream loss as an input-space objective for ``gradient_ascent``, tiled and rolled.
+    """The dream loss as an input-space objective for ``optimise``, tiled and rolled.
 
-    It reads only the input image and runs the network itself (window by window), so the shared
-    ascent loop sees one whole-image gradient however it was computed. ``roll`` > 0 shifts the
+    It reads only the input image and runs the network itself (window by window), so the loop
+    sees one whole-image gradient however it was computed. ``roll`` > 0 shifts the
     image circularly by a random offset in [-roll, roll] before each gradient and shifts the
     gradient back (the TensorFlow tutorial's random roll).
     """
     rng = np.random.default_rng(seed)
 
-    def fn(acts):
-        x = acts[INPUT]
-        shift = (0, 0)
-        if roll:
-            shift = tuple(int(v) for v in rng.integers(-roll, roll + 1, size=2))
-            x = np.roll(x, shift, axis=(1, 2))
-        loss, g = dream_gradient(model, x, layers, tile)
-        if roll:
-            g = np.roll(g, (-shift[0], -shift[1]), axis=(1, 2))
-        return loss, {INPUT: g}
-
-    def device(acc, weight):
+    def score(acc, weight):
         x, ops = acc.acts[INPUT], acc.ops
         if not roll:
-            _dream_gradient_on(model, x, layers, tile, acc, weight, acc.grads[INPUT])
+            _dream_score(model, x, layers, tile, acc, weight, acc.grads[INPUT])
             return
         shift = tuple(int(v) for v in rng.integers(-roll, roll + 1, size=2))
-        rolled = ops.roll(x, shift, acc.work.buffer("dream rolled", x.shape))
-        g = acc.work.zeros("dream grad", x.shape)
-        _dream_gradient_on(model, rolled, layers, tile, acc, weight, g)
-        unrolled = ops.roll(g, (-shift[0], -shift[1]), acc.work.buffer("dream unrolled", x.shape))
+        rolled = ops.roll(x, shift, acc.buffers.get("dream rolled", x.shape))
+        g = acc.buffers.zeros("dream grad", x.shape)
+        _dream_score(model, rolled, layers, tile, acc, weight, g)
+        unrolled = ops.roll(g, (-shift[0], -shift[1]), acc.buffers.get("dream unrolled", x.shape))
         ops.axpy(1.0, unrolled, acc.grads[INPUT])
 
-    return Objective(fn, [INPUT], f"dream({layers}, tile={tile}, roll={roll})", device)
+    return Objective(score, [INPUT], f"dream({layers}, tile={tile}, roll={roll})")
 
 
 # ------------------------------------------------------------------------------- the octaves
+
+
+def _resized(backend, x, shape):
+    """A new (N, h, w, C) array of ``backend``: the batch x (one of its arrays) resized to shape."""
+    return backend.ops.resize_bilinear(x, backend.empty((x.shape[0], *shape, x.shape[3])))
 
 
 def deep_dream(
@@ -320,21 +252,21 @@ def deep_dream(
     objective = dream_objective(model, layers, tile=tile, roll=roll, seed=seed)
     backend = model.backend
     ops = backend.ops
-    original = backend.to_device(x)  # on the device for the whole dream (the CPU: x itself)
-    shrunk_original = resize_bilinear(original, shapes[0], backend)
+    original = backend.asarray(x)  # on the device for the whole dream (the CPU: x itself)
+    shrunk_original = _resized(backend, original, shapes[0])
     img = original
     result = DreamResult(images=None)
     for octave, shape in enumerate(shapes):
-        img = resize_bilinear(img, shape, backend)
+        img = _resized(backend, img, shape)
         step_callback = None if callback is None else (lambda step, loss, o=octave: callback(o, step, loss))
-        ascent = gradient_ascent(
-            model, img, objective, steps=steps, step_size=step_size, normalize="mean_abs",
-            eps=1e-7, max_loss=max_loss, seed=seed, callback=step_callback,
+        ascent = optimise(
+            model, img, objective, Ascent(step_size, "mean_abs", 1e-7), steps,
+            stops=[] if max_loss is None else [above(max_loss)], seed=seed, callback=step_callback,
         )
         img = ascent.images
-        same_size_original = resize_bilinear(original, shape, backend)
+        same_size_original = _resized(backend, original, shape)
         # img += same_size_original - resize(shrunk_original), as two exact float32 axpys
-        lost = ops.axpy(-1.0, same_size_original, resize_bilinear(shrunk_original, shape, backend))
+        lost = ops.axpy(-1.0, same_size_original, _resized(backend, shrunk_original, shape))
         ops.axpy(-1.0, lost, img)
         shrunk_original = same_size_original
         result.losses.append(ascent.losses)

@@ -7,7 +7,7 @@ The algorithm is the Keras example ``conv_filter_visualization.py`` (VGG16, 2016
   of size ``step_size`` (1.0) along the gradient divided by its RMS, ``g / (sqrt(mean(g^2)) +
   1e-5)`` (the original constant; later versions use ``K.epsilon()`` = 1e-7);
 * a filter whose loss is <= 0 at some step stops there (that step's update still applies), and
-  its loss is that non-positive number, so it is dropped (``stop_if_nonpositive`` in ascent.py);
+  its loss is that non-positive number, so it is dropped (``optimise.nonpositive``);
 * the loss of a filter is the last one measured, before the last update, as the example prints;
 * when scanning, keep the filters with a positive loss, best first (the example stitches the
   best 64 of the first 200 on an 8 x 8 grid, see ``pictures.stitch_grid``);
@@ -19,7 +19,7 @@ The raw arrays returned are those network inputs; the uint8 pictures are standar
 (so a global offset does not matter) and show the channels in the network's order.
 
 Differences, all deliberate: every filter of a batch is optimised in one pass through
-``ascent.gradient_ascent`` (samples are independent, so the result equals one-at-a-time runs);
+``optimise`` (samples are independent, so the result equals one-at-a-time runs);
 each filter's start image comes from its own seeded generator, ``default_rng([seed, filter])``,
 so a filter's picture does not depend on the batch size or on which other filters are scanned.
 
@@ -34,8 +34,8 @@ Options for better pictures (all off by default, which gives the example):
   and resampled in float, without the 8-bit quantisation. Unlike that example, the last stage
   also runs its ascent at full size. A filter that stops in one stage stays dropped.
 
-On the CUDA backend each batch of filters is optimised on the device: ``gradient_ascent`` copies
-the start images there once, and the objective (``channel``, with the ``tv`` and ``l2`` penalties),
+On the CUDA backend each batch of filters is optimised on the device: ``optimise`` copies the
+start images there once, and the objective (``channel``, with the ``tv`` and ``l2`` penalties),
 the jitter, the normalisation and the masked step all run as kernels; per step only the batch's
 losses come back, and the images at the end of the stage. Scale and rotation transforms have no
 device kernel and run on the host (with a warning), and progressive upscaling resamples on the
@@ -53,8 +53,9 @@ from engine.errors import ConvscopeError
 from engine.model import layer_output_shape
 from engine.preprocess import resize
 from engine.viz import objectives
-from engine.viz.ascent import gradient_ascent
+from engine.viz.optimise import nonpositive, optimise
 from engine.viz.pictures import standardize_to_uint8
+from engine.viz.steps import Ascent
 
 GRAY = 128.0
 NOISE = 20.0
@@ -164,10 +165,9 @@ def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transf
         rows = np.flatnonzero(alive)
         if len(rows):
             objective = _objective(layer, filters[rows], x[0].size, tv, l2)
-            result = gradient_ascent(
-                model, x[rows], objective, steps=steps, step_size=step_size, normalize="rms",
-                eps=RMS_EPS, transforms=transforms, seed=seed + stage, stop_if_nonpositive=True,
-                callback=lambda step, _loss: report(stage, step + 1),
+            result = optimise(
+                model, x[rows], objective, Ascent(step_size, "rms", RMS_EPS), steps, transforms=transforms,
+                stops=[nonpositive()], seed=seed + stage, callback=lambda step, _loss: report(stage, step + 1),
             )
             x[rows] = result.images
             final[rows] = result.final_loss

@@ -3,7 +3,7 @@
     result = fool(model, preprocess_input(photo), targets=105, confidence=0.99)   # koala
     result = fgsm(model, preprocess_input(photo), targets=105, epsilon=2.0)       # one step
 
-Iterative (``fool``): minimise, with Adam (``engine.viz.adam``), the loss
+Iterative (``fool``): minimise, with Adam (``optimise`` with ``steps.Adam``), the loss
 
     -log p_target(x) + (l2 / 2) * ||x - x0||^2
 
@@ -30,9 +30,9 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.viz import objectives
-from engine.viz.adam import CAFFE_BOUNDS, adam_descent, caffe_quantize
-from engine.viz.ascent import objective_gradient
-from engine.viz.objectives import Objective, _per_sample
+from engine.viz.objectives import Objective, host_term, per_sample
+from engine.viz.optimise import Stop, objective_gradient, optimise
+from engine.viz.steps import CAFFE_BOUNDS, Adam, caffe_quantize
 
 LOGITS = "logits"
 
@@ -51,18 +51,20 @@ class FoolResult:
 
 
 class TargetCrossEntropy(Objective):
-    """-log softmax(logits)[target] per sample; keeps the softmax of its last call in
-    ``probabilities`` so that a loop can stop on it without another pass."""
+    """-log softmax(logits)[target] per sample (NumPy on the host logits, (N, classes)); keeps
+    the softmax of its last evaluation in ``probabilities``, so that a loop can stop on it
+    without another pass."""
 
     def __init__(self, targets):
         self.targets = targets
         self.probabilities = None
-        super().__init__(self._loss, [LOGITS], f"target_cross_entropy({targets})")
+        term = host_term(LOGITS, self._loss, f"target_cross_entropy({targets})")
+        super().__init__(term.score, term.layers, term.description)
 
-    def _loss(self, acts):
-        z = acts[LOGITS].astype(np.float64)
+    def _loss(self, logits):
+        z = logits.astype(np.float64)
         n = z.shape[0]
-        t = _per_sample(self.targets, n)
+        t = per_sample(self.targets, n)
         shifted = z - z.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         p = np.exp(log_p)
@@ -70,7 +72,7 @@ class TargetCrossEntropy(Objective):
         rows = np.arange(n)
         grad = p.copy()
         grad[rows, t] -= 1.0
-        return -log_p[rows, t], {LOGITS: grad.astype(acts[LOGITS].dtype)}
+        return -log_p[rows, t], grad.astype(logits.dtype)
 
 
 def _check_classifier(model, targets, n):
@@ -80,7 +82,7 @@ def _check_classifier(model, targets, n):
             "use vgg16_weights_tf_dim_ordering_tf_kernels.h5)"
         )
     n_classes = model.layers[-1].kernel.shape[1]
-    t = _per_sample(targets, n)
+    t = per_sample(targets, n)
     bad = t[(t < 0) | (t >= n_classes)]
     if bad.size:
         raise ConvscopeError(f"target class {int(bad[0])} is out of range: 0 to {n_classes - 1}")
@@ -113,14 +115,14 @@ def fool(model, x, targets, confidence=0.99, steps=100, lr=0.5, l2=1e-4, quantiz
     rows = np.arange(len(x0))
     first = {}
 
-    def stop(step, loss):
+    def reached(step, loss):
         p = ce.probabilities
         if step == 0:
             first["p"] = p.copy()
         return p[rows, t] >= confidence
 
-    result = adam_descent(model, x0, objective, steps, lr=lr, bounds=CAFFE_BOUNDS, stop=stop, callback=callback,
-                          quantize=caffe_quantize if quantize else None)
+    rule = Adam(lr=lr, bounds=CAFFE_BOUNDS, quantize=caffe_quantize if quantize else None)
+    result = optimise(model, x0, objective, rule, steps, stops=[Stop(reached)], callback=callback)
     original = first["p"] if "p" in first else model.predict(x0)
     final = model.predict(result.images)
     size_l2, size_linf = change_size(x0, result.images)

@@ -1,7 +1,7 @@
 """Feature-statistics losses for inversion, texture synthesis and style transfer.
 
-Each function returns an ``objectives.Objective`` whose value is a *loss* (to minimise, as
-``engine.viz.adam`` and L-BFGS do; negate it for ``gradient_ascent``), with its gradient stated:
+Each function returns an ``objectives.Objective`` whose value is a *loss* (to minimise, as the
+``Adam`` and ``LBFGS`` step rules do; negate it for ``Ascent``), with its gradient stated:
 
 * ``gram_matrix(a)``: G = F^T F / M for F = a reshaped (N, M, C), M = h*w positions. Dividing by
   M makes the Gram matrix of a texture independent of the picture's size, so a texture can be
@@ -18,13 +18,13 @@ Each function returns an ``objectives.Objective`` whose value is a *loss* (to mi
   ||phi(x) - phi0||^2 / ||phi0||^2, optionally for a subset of the batch only, so that one batch
   can invert several layers, one per sample (the other samples get zero loss and gradient).
 
-Targets are per sample (leading N) or shared (no batch axis). Arrays are host NHWC; losses are
-float64, shape (N,).
+Targets are per sample (leading N) or shared (no batch axis). Each is an ``objectives.host_term``:
+NumPy on the host copy of its layer (NHWC); losses are float64, shape (N,).
 """
 
 import numpy as np
 
-from engine.viz.objectives import Objective
+from engine.viz.objectives import Objective, host_term
 
 
 def _positions(a):
@@ -61,26 +61,22 @@ def _sample_mask(samples, n):
 def gram_loss(layer, target, weight=1.0) -> Objective:
     """w * sum((G - A)^2) / (4 C^2) at one layer; ``target`` is A, (C, C) or (N, C, C)."""
 
-    def fn(acts):
-        a = acts[layer]
+    def fn(a):
         n, c = a.shape[0], a.shape[-1]
         f = _positions(a.astype(np.float64))
         diff = np.einsum("nmc,nmd->ncd", f, f) / f.shape[1] - _batch_target(target, n, "gram", 2)
         loss = weight * np.square(diff).sum(axis=(1, 2)) / (4.0 * c * c)
         sym = (diff + diff.transpose(0, 2, 1)) / 2.0  # A is symmetric for a real Gram; be exact anyway
         grad = weight * np.einsum("nmc,ncd->nmd", f, sym) / (f.shape[1] * c * c)
-        return loss, {layer: grad.reshape(a.shape).astype(a.dtype)}
+        return loss, grad.reshape(a.shape).astype(a.dtype)
 
-    return Objective(fn, [layer], f"gram_loss({layer})")
+    return host_term(layer, fn, f"gram_loss({layer})")
 
 
 def _total(terms):
     if not terms:
         raise ValueError("give at least one layer")
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
+    return sum(terms[1:], terms[0])
 
 
 def style(targets: dict, weights: dict | None = None) -> Objective:
@@ -96,8 +92,7 @@ def style(targets: dict, weights: dict | None = None) -> Objective:
 def feature_reconstruction(layer, target, samples=None, weight=1.0) -> Objective:
     """w * ||phi(x) - target||^2 / ||target||^2 per sample (zero outside ``samples``)."""
 
-    def fn(acts):
-        a = acts[layer]
+    def fn(a):
         n = a.shape[0]
         t = _batch_target(target, n, "feature", a.ndim - 1)
         if t.shape[1:] != a.shape[1:]:
@@ -108,9 +103,9 @@ def feature_reconstruction(layer, target, samples=None, weight=1.0) -> Objective
         scale = np.where(mask, weight / norm, 0.0)
         loss = scale * np.square(diff).reshape(n, -1).sum(axis=1)
         grad = (2.0 * scale).reshape((n,) + (1,) * (a.ndim - 1)) * diff
-        return loss, {layer: grad.astype(a.dtype)}
+        return loss, grad.astype(a.dtype)
 
-    return Objective(fn, [layer], f"feature_reconstruction({layer})")
+    return host_term(layer, fn, f"feature_reconstruction({layer})")
 
 
 def content(targets: dict, weights: dict | None = None) -> Objective:

@@ -3,8 +3,8 @@
     result = invert(model, preprocess_input(photo), ["block1_conv2", "block2_conv2"], steps=200)
     pictures = deprocess(result.images)          # one reconstruction per layer
 
-Starting from small seeded noise, minimise over x, with Adam (``engine.viz.adam``; more robust
-than the paper's momentum on these mixed-scale terms) and x clipped to the pixel range:
+Starting from small seeded noise, minimise over x, with Adam (``optimise`` with ``steps.Adam``;
+more robust than the paper's momentum on these mixed-scale terms) and x clipped to the pixel range:
 
     ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2                       (gram.feature_reconstruction)
     + lambda_alpha / (H W B^alpha) * sum |x|^alpha               (objectives.alpha_norm)
@@ -25,8 +25,9 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.viz import objectives
-from engine.viz.adam import CAFFE_BOUNDS, adam_descent
 from engine.viz.gram import feature_reconstruction
+from engine.viz.optimise import optimise
+from engine.viz.steps import CAFFE_BOUNDS, Adam
 
 B = 80.0  # Mahendran & Vedaldi's typical pixel magnitude for caffe inputs
 V = B / 6.5  # and their typical neighbour difference
@@ -57,9 +58,7 @@ def inversion_objective(targets: dict, hw, lambda_alpha=1e-3, lambda_tv=0.5, alp
     """The loss above for a batch with one sample per layer of ``targets`` {layer: (1, ...)}."""
     h, w = hw
     terms = [feature_reconstruction(name, t, samples=[i]) for i, (name, t) in enumerate(targets.items())]
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
+    total = sum(terms[1:], terms[0])
     if lambda_alpha > 0:
         total = total + (lambda_alpha / (h * w * B**alpha)) * objectives.alpha_norm(alpha)
     if lambda_tv > 0:
@@ -89,7 +88,7 @@ def invert(
     objective = inversion_objective(targets, x.shape[1:3], lambda_alpha, lambda_tv, alpha, beta)
     rng = np.random.default_rng(seed)
     start = (noise * rng.standard_normal((len(layers),) + x.shape[1:])).astype(np.float32)
-    result = adam_descent(model, start, objective, steps, lr=lr, bounds=CAFFE_BOUNDS, seed=seed, callback=callback)
+    result = optimise(model, start, objective, Adam(lr=lr, bounds=CAFFE_BOUNDS), steps, seed=seed, callback=callback)
     final = model.forward(result.images, outputs=layers)
     data = [feature_reconstruction(name, t, samples=[i]) for i, (name, t) in enumerate(targets.items())]
     feature_losses = sum(term(final)[0] for term in data)

@@ -1,10 +1,12 @@
-"""Objectives: small composable callables that score a batch and give the gradient of the score.
+"""Objectives: small composable scores of a batch that state their own gradient.
 
 An ``Objective`` reads some layer outputs (and possibly the input image, under the name
-``"input"``) and returns ``(loss, grads)``: ``loss`` is one float64 number per sample, shape (N,), and
-``grads`` maps each layer it read to d loss / d output (same shape as that output), to be
-injected into ``Trace.backward``. There is no autograd: each objective states its own gradient,
-which ``tests/test_objectives.py`` checks against finite differences.
+``"input"``). It has one form, ``objective.score(acc, weight)``, written on backend ops: it adds
+``weight *`` its per-sample value, shape (N,), to ``acc.loss`` and ``weight *`` its gradient
+d value / d output to ``acc.grads[name]`` for each layer it reads (an ``Accumulator``: arrays of
+the run's backend, the gradients zero at the start of a step). The loop (``optimise``) injects
+those gradients into ``Trace.backward``. There is no autograd: each objective states its own
+gradient, which ``tests/test_objectives.py`` checks against finite differences.
 
 As in Lucent, objectives combine with ``+``, ``-`` and scalar ``*``:
 
@@ -14,51 +16,59 @@ As in Lucent, objectives combine with ``+``, ``-`` and scalar ``*``:
 Per-sample targets are real batches: ``channel(layer, [0, 1, 2, 3])`` asks each of four images
 for its own filter; ``class_logit([65, 18])`` each of two images for its own class.
 
-Arrays are host NumPy arrays, NHWC (dense outputs (N, n)).
+Where the arithmetic runs: ``channel``, ``class_logit``, ``mean_square`` / ``dream``, ``l2`` and
+``total_variation`` are the backend's score ops (``kernels.LOOP_OPS``), on the device on CUDA.
+Terms that no op computes (``alpha_norm``, the Gram and feature losses of ``gram.py``, the
+fooling cross-entropy) are ``host_term``s: NumPy on the host copy of their one layer, the result
+added back with ``axpy``; on a device backend that copies the layer and its gradient each step.
 
-Device form. The objectives that filters and DeepDream use (``channel``, ``mean_square``,
-``dream``, ``l2`` around a scalar, ``total_variation``) also state themselves as backend ops, so
-that on the CUDA backend the ascent loop scores activations where they are, on the device:
-``objective.device(acc, weight)`` adds ``weight *`` its per-sample loss to ``acc.loss`` and
-``weight *`` its gradients to ``acc.grads[name]`` (an ``Accumulator``: backend arrays, the
-gradients zero at the start of a step). Sums and scalar multiples of such objectives have a
-device form too; an objective with a term that has none (``class_logit``, ``alpha_norm``, ``l2``
-around an image, any hand-written ``Objective(fn, ...)``) has ``device = None`` and runs on the
-host, as everything does on the CPU (``engine/viz/ascent.py``).
+``objective(acts)`` evaluates an objective on host arrays {name: NHWC (dense: (N, n))} and
+returns ``(loss (N,) float64, {name: gradient})``: the same score with the reference ops, in the
+arrays' dtype (float64 for gradient checks).
 """
 
 import numpy as np
+
+from engine.backend import get_backend
 
 INPUT = "input"
 
 
 class Accumulator:
-    """Where device-form objectives read one step's activations and add their loss and gradients.
+    """Where objectives read one step's activations and add their loss and gradients.
 
     ``acts``: {name: backend array} of the layers read ("input": the image); ``loss``: (N,)
-    float32 backend array; ``grads``: {name: backend array shaped like acts[name]}, cleared by
-    the loop before the step; ``work``: the run's ``engine.backend.Workspace`` (buffers and
-    uploaded constants that outlive the step); ``ops``: the backend's kernels as ``work.ops``
-    (the score reductions reuse the workspace's scratch, so a step allocates nothing for them).
+    backend array; ``grads``: {name: backend array shaped like acts[name]}; ``buffers``: the
+    run's ``engine.backend.Buffers`` (work arrays and uploaded constants that outlive the step);
+    ``ops``: the backend's kernels as ``buffers.ops``; ``backend``: ``buffers.backend``.
     """
 
-    def __init__(self, work, acts, loss, grads):
-        self.work = work
-        self.ops = work.ops
-        self.acts = acts
-        self.loss = loss
-        self.grads = grads
+    def __init__(self, buffers, acts, loss, grads):
+        self.buffers, self.ops, self.backend = buffers, buffers.ops, buffers.backend
+        self.acts, self.loss, self.grads = acts, loss, grads
+
+    def add(self, name, loss, grad, weight):
+        """Add weight * loss (host (N,)) and weight * grad (host, shaped like acts[name])."""
+        self.ops.axpy(weight, self.backend.asarray(np.asarray(loss, np.float64)), self.loss)
+        self.ops.axpy(weight, self.backend.asarray(grad), self.grads[name])
 
 
 class Objective:
-    def __init__(self, fn, layers, description="", device=None):
-        self.fn = fn
+    def __init__(self, score, layers, description=""):
+        self.score = score  # score(acc: Accumulator, weight: float)
         self.layers = tuple(dict.fromkeys(layers))
         self.description = description
-        self.device = device  # device(acc: Accumulator, weight: float), or None (host only)
 
     def __call__(self, acts):
-        return self.fn(acts)
+        """(loss (N,) float64, {name: gradient}) at host arrays ``acts`` (see the module docstring)."""
+        dtype = np.result_type(*(np.asarray(acts[name]).dtype for name in self.layers))
+        backend = get_backend("reference", dtype)
+        acts = {name: backend.asarray(a) for name, a in acts.items()}
+        n = len(acts[self.layers[0]])
+        grads = {name: np.zeros_like(acts[name]) for name in self.layers}
+        acc = Accumulator(backend.buffers(), acts, np.zeros(n), grads)
+        self.score(acc, 1.0)
+        return acc.loss, acc.grads
 
     def __repr__(self):
         return f"Objective({self.description})"
@@ -67,30 +77,16 @@ class Objective:
         if not isinstance(other, Objective):
             return NotImplemented
 
-        def fn(acts):
-            loss_a, grads_a = self(acts)
-            loss_b, grads_b = other(acts)
-            return loss_a + loss_b, _merge(grads_a, grads_b)
+        def score(acc, weight):
+            self.score(acc, weight)
+            other.score(acc, weight)
 
-        def device(acc, weight):
-            self.device(acc, weight)
-            other.device(acc, weight)
-
-        on_device = device if self.device is not None and other.device is not None else None
-        return Objective(fn, self.layers + other.layers, f"{self.description} + {other.description}", on_device)
+        return Objective(score, self.layers + other.layers, f"{self.description} + {other.description}")
 
     def __mul__(self, scale):
         scale = float(scale)
-
-        def fn(acts):
-            loss, grads = self(acts)
-            return scale * loss, {name: scale * g for name, g in grads.items()}
-
-        def device(acc, weight):
-            self.device(acc, weight * scale)
-
-        on_device = device if self.device is not None else None
-        return Objective(fn, self.layers, f"{scale:g} * ({self.description})", on_device)
+        description = f"{scale:g} * ({self.description})"
+        return Objective(lambda acc, weight: self.score(acc, weight * scale), self.layers, description)
 
     __rmul__ = __mul__
 
@@ -101,24 +97,25 @@ class Objective:
         return self + (-other)
 
 
-def _merge(a, b):
-    merged = dict(a)
-    for name, g in b.items():
-        merged[name] = merged[name] + g if name in merged else g
-    return merged
+def host_term(layer, fn, description) -> Objective:
+    """An objective computed in NumPy: ``fn(a)`` -> (loss (N,), d loss / d a) for the host copy
+    ``a`` of ``layer``'s output (fn must not write into a)."""
+
+    def score(acc, weight):
+        loss, grad = fn(acc.backend.to_host(acc.acts[layer], copy=False))
+        acc.add(layer, loss, grad, weight)
+
+    return Objective(score, [layer], description)
 
 
-def _per_sample(index, n):
+def per_sample(index, n):
+    """(N,) int64 targets: one per sample, or one repeated for all."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     if index.size == 1:
         index = np.repeat(index, n)
     if index.size != n:
         raise ValueError(f"{index.size} targets for a batch of {n}")
     return index
-
-
-def _crop(border):
-    return slice(border, -border) if border else slice(None)
 
 
 def _region(shape, border):
@@ -128,53 +125,42 @@ def _region(shape, border):
 
 def channel(layer, index, border=0):
     """Mean activation of channel ``index`` (one per sample, or one for all) of a conv layer."""
-
-    def fn(acts):
-        a = acts[layer]
-        n, h, w, _ = a.shape
-        idx = _per_sample(index, n)
-        crop = _crop(border)
-        rows = np.arange(n)
-        window = a[:, crop, crop, :][rows, :, :, idx]  # (N, h, w): each sample's own channel
-        loss = window.reshape(n, -1).mean(axis=1)
-        grad = np.zeros_like(a)
-        grad_window = grad[:, crop, crop, :]
-        grad_window[rows, :, :, idx] = 1.0 / window[0].size
-        return loss, {layer: grad}
-
     key = object()  # this objective's targets, uploaded once per run
 
-    def device(acc, weight):
+    def score(acc, weight):
         a = acc.acts[layer]
-        n = a.shape[0]
-        idx = acc.work.constant(key, _per_sample(index, n))
+        idx = acc.buffers.constant(key, per_sample(index, a.shape[0]))
         y0, y1, x0, x1 = _region(a.shape, border)
-        size = (y1 - y0) * (x1 - x0)
-        acc.ops.channel_sum(a, idx, (y0, y1, x0, x1), weight / size, acc.loss, acc.grads[layer])
+        acc.ops.channel_sum(a, idx, (y0, y1, x0, x1), weight / ((y1 - y0) * (x1 - x0)), acc.loss, acc.grads[layer])
 
-    return Objective(fn, [layer], f"channel({layer}, {index})", device)
+    return Objective(score, [layer], f"channel({layer}, {index})")
+
+
+def class_logit(index, layer="logits"):
+    """The score of class ``index`` (one per sample or one for all) at a dense ``layer``."""
+    key = object()
+
+    def score(acc, weight):
+        a = acc.acts[layer]
+        n, k = a.shape
+        idx = acc.buffers.constant(key, per_sample(index, n))
+        as_image = (n, 1, 1, k)  # a class is a channel of a 1x1 image
+        grad = acc.grads[layer].reshape(as_image)
+        acc.ops.channel_sum(a.reshape(as_image), idx, (0, 1, 0, 1), weight, acc.loss, grad)
+
+    return Objective(score, [layer], f"class_logit({index}, {layer})")
 
 
 def mean_square(layer, border=0):
     """Mean of the squared activations of a layer, borders excluded (a DeepDream term)."""
 
-    def fn(acts):
-        a = acts[layer]
-        crop = _crop(border)
-        inner = a[:, crop, crop, :]
-        per_sample = inner[0].size
-        loss = np.square(inner, dtype=np.float64).reshape(len(a), -1).sum(axis=1) / per_sample
-        grad = np.zeros_like(a)
-        grad[:, crop, crop, :] = (2.0 / per_sample) * inner
-        return loss, {layer: grad}
-
-    def device(acc, weight):
+    def score(acc, weight):
         a = acc.acts[layer]
         y0, y1, x0, x1 = _region(a.shape, border)
         per_sample = (y1 - y0) * (x1 - x0) * a.shape[3]
         acc.ops.square_sum(a, 0.0, (y0, y1, x0, x1), weight / per_sample, acc.loss, acc.grads[layer])
 
-    return Objective(fn, [layer], f"mean_square({layer})", device)
+    return Objective(score, [layer], f"mean_square({layer})")
 
 
 def dream(layers: dict, border=2):
@@ -182,53 +168,36 @@ def dream(layers: dict, border=2):
     if not layers:
         raise ValueError("dream needs at least one layer")
     terms = [weight * mean_square(name, border) for name, weight in layers.items()]
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
-
-
-def class_logit(index, layer="logits"):
-    """The score of class ``index`` (one per sample or one for all) at ``layer``."""
-
-    def fn(acts):
-        a = acts[layer]
-        n = a.shape[0]
-        idx = _per_sample(index, n)
-        rows = np.arange(n)
-        grad = np.zeros_like(a)
-        grad[rows, idx] = 1.0
-        return a[rows, idx].astype(np.float64), {layer: grad}
-
-    return Objective(fn, [layer], f"class_logit({index}, {layer})")
+    return sum(terms[1:], terms[0])
 
 
 def l2(center=0.0):
-    """Sum of squares of the input image around ``center``, per sample (a penalty: subtract it)."""
+    """Sum of squares of the input image around ``center`` (a number, or an image broadcastable
+    to the batch), per sample (a penalty: subtract it)."""
+    key = object()
 
-    def fn(acts):
-        x = acts[INPUT] - center
-        loss = np.square(x, dtype=np.float64).reshape(len(x), -1).sum(axis=1)
-        return loss, {INPUT: 2.0 * x}
-
-    def device(acc, weight):
+    def score(acc, weight):
         x = acc.acts[INPUT]
-        acc.ops.square_sum(x, float(center), _region(x.shape, 0), weight, acc.loss, acc.grads[INPUT])
+        region = _region(x.shape, 0)
+        if np.ndim(center) == 0:
+            acc.ops.square_sum(x, float(center), region, weight, acc.loss, acc.grads[INPUT])
+            return
+        c = acc.buffers.constant(key, np.broadcast_to(np.asarray(center, acc.backend.dtype), x.shape))
+        d = acc.backend.copy_into(x, acc.buffers.get(("l2", key), x.shape))
+        acc.ops.square_sum(acc.ops.axpy(-1.0, c, d), 0.0, region, weight, acc.loss, acc.grads[INPUT])
 
-    on_device = device if np.ndim(center) == 0 else None  # around an image: host only
-    return Objective(fn, [INPUT], "l2", on_device)
+    return Objective(score, [INPUT], "l2")
 
 
 def alpha_norm(alpha=6.0):
     """Sum of |x|^alpha over the input image, per sample (Mahendran & Vedaldi's bounded range)."""
 
-    def fn(acts):
-        x = acts[INPUT]
+    def fn(x):
         ax = np.abs(x)
         loss = np.power(ax, alpha, dtype=np.float64).reshape(len(x), -1).sum(axis=1)
-        return loss, {INPUT: (alpha * np.power(ax, alpha - 1) * np.sign(x)).astype(x.dtype)}
+        return loss, (alpha * np.power(ax, alpha - 1) * np.sign(x)).astype(x.dtype)
 
-    return Objective(fn, [INPUT], f"alpha_norm({alpha:g})")
+    return host_term(INPUT, fn, f"alpha_norm({alpha:g})")
 
 
 def total_variation(beta=2.0, eps=1e-8):
@@ -237,22 +206,7 @@ def total_variation(beta=2.0, eps=1e-8):
     Mahendran & Vedaldi's TV^beta regulariser (the last row/column use zero differences).
     """
 
-    def fn(acts):
-        x = acts[INPUT].astype(np.float64)
-        dx = np.zeros_like(x)
-        dy = np.zeros_like(x)
-        dx[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
-        dy[:, :-1] = x[:, 1:] - x[:, :-1]
-        s = dx * dx + dy * dy + eps
-        loss = np.power(s, beta / 2).reshape(len(x), -1).sum(axis=1)
-        c = beta * np.power(s, beta / 2 - 1)  # d loss / d s * 2
-        cdx, cdy = c * dx, c * dy
-        grad = -(cdx + cdy)
-        grad[:, :, 1:] += cdx[:, :, :-1]
-        grad[:, 1:] += cdy[:, :-1]
-        return loss, {INPUT: grad.astype(acts[INPUT].dtype)}
-
-    def device(acc, weight):
+    def score(acc, weight):
         acc.ops.variation_sum(acc.acts[INPUT], beta, eps, weight, acc.loss, acc.grads[INPUT])
 
-    return Objective(fn, [INPUT], f"total_variation({beta:g})", device)
+    return Objective(score, [INPUT], f"total_variation({beta:g})")

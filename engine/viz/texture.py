@@ -16,9 +16,9 @@ Layer weights: w_l = 4 C_l^2 / (L ||A_l||^2), which makes each E_l the layer's s
 error relative to its target's own size: with raw caffe-scale features the paper's equal weights
 1/L let block1's huge Grams drown the other layers and the content term.
 
-Optimisers: ``"lbfgs"`` is scipy's L-BFGS-B with the pixel range as box bounds (the paper's and
-the old Keras example's choice; scipy is the optional ``texture`` extra, imported only here);
-``"adam"`` (built in, ``engine.viz.adam``) needs no extra. ``"auto"`` picks L-BFGS when scipy
+Optimisers (step rules of ``optimise``): ``"lbfgs"`` is scipy's L-BFGS-B with the pixel range as
+box bounds (the paper's and the old Keras example's choice; scipy is the optional ``texture``
+extra, imported only then); ``"adam"`` (``steps.Adam``) needs no extra. ``"auto"`` picks L-BFGS when scipy
 is installed. A texture starts from seeded noise; style transfer starts from the content image.
 The target Grams are divided by the number of positions, so a texture can be made at any size.
 Arrays are host NHWC float32; ``losses`` is the total loss per evaluation, (evaluations, N).
@@ -30,10 +30,10 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.viz import objectives
-from engine.viz.adam import CAFFE_BOUNDS, adam_descent
-from engine.viz.ascent import objective_gradient
 from engine.viz.gram import content as content_loss
 from engine.viz.gram import gram_loss, layer_grams
+from engine.viz.optimise import optimise
+from engine.viz.steps import CAFFE_BOUNDS, LBFGS, Adam, require_lbfgs, scipy_available
 
 V = 80.0 / 6.5  # typical neighbour difference in caffe space (Mahendran & Vedaldi)
 
@@ -65,20 +65,6 @@ def default_content_layer(model) -> str:
     return [layer.name for layer in model.layers if layer.kind == "conv2d"][-1]
 
 
-def scipy_available() -> bool:
-    try:
-        import scipy.optimize  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def require_lbfgs() -> None:
-    """A one-line error naming the extra when scipy (L-BFGS) is not installed."""
-    if not scipy_available():
-        raise ConvscopeError("L-BFGS needs scipy: pip install 'convscope[texture]' (or use --method adam)")
-
-
 def texture_objective(targets: dict, hw, content_targets=None, content_weight=0.0, tv_weight=0.0):
     """The loss above; ``targets`` {layer: Gram (N or 1, C, C)}, ``content_targets`` {layer: F}."""
     n_layers = len(targets)
@@ -88,9 +74,7 @@ def texture_objective(targets: dict, hw, content_targets=None, content_weight=0.
         size = np.square(gram).sum(axis=(-2, -1)).mean()
         weight = 4.0 * c * c / (n_layers * max(float(size), 1e-30))
         terms.append(gram_loss(name, gram, weight))
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
+    total = sum(terms[1:], terms[0])
     if content_targets and content_weight > 0:
         total = total + content_weight * content_loss(content_targets)
     if tv_weight > 0:
@@ -124,37 +108,12 @@ def synthesize(
     objective = texture_objective(grams, start.shape[1:3], content_targets, content_weight, tv_weight)
     if method == "auto":
         method = "lbfgs" if scipy_available() else "adam"
-    if method == "adam":
-        result = adam_descent(model, start, objective, steps, lr=lr, bounds=CAFFE_BOUNDS, seed=seed, callback=callback)
-        images, losses = result.images, result.losses
-    elif method == "lbfgs":
-        images, losses = _run_lbfgs(model, start, objective, steps, callback)
+    if method == "lbfgs":
+        require_lbfgs()
+        rule = LBFGS(bounds=CAFFE_BOUNDS)
+    elif method == "adam":
+        rule = Adam(lr=lr, bounds=CAFFE_BOUNDS)
     else:
         raise ConvscopeError(f"unknown optimiser {method!r}: use auto, lbfgs or adam")
-    return TextureResult(images, losses, method, style_layers, content_layer_used)
-
-
-def _run_lbfgs(model, start, objective, steps, callback):
-    """scipy L-BFGS-B on the whole batch as one vector (the samples' losses add up)."""
-    require_lbfgs()
-    from scipy.optimize import Bounds, minimize
-
-    shape = start.shape
-    low = np.broadcast_to(CAFFE_BOUNDS[0], shape).ravel().astype(np.float64)
-    high = np.broadcast_to(CAFFE_BOUNDS[1], shape).ravel().astype(np.float64)
-    history = []
-
-    def fun(v):
-        x = v.reshape(shape).astype(np.float32)
-        loss, g = objective_gradient(model, x, objective)
-        history.append(loss)
-        if callback is not None:
-            callback(len(history) - 1, loss)
-        return float(np.sum(loss, dtype=np.float64)), g.ravel().astype(np.float64)
-
-    x0 = np.clip(start.ravel().astype(np.float64), low, high)
-    # maxfun bounds the passes (line searches may take several per iteration)
-    result = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=Bounds(low, high),
-                      options={"maxiter": steps, "maxfun": steps, "maxcor": 20, "ftol": 0.0, "gtol": 0.0})
-    images = result.x.reshape(shape).astype(np.float32)
-    return images, np.array(history, dtype=np.float32).reshape(len(history), shape[0])
+    result = optimise(model, start, objective, rule, steps, seed=seed, callback=callback)
+    return TextureResult(result.images, result.losses, method, style_layers, content_layer_used)

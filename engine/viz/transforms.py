@@ -2,23 +2,19 @@
 
 Gradient ascent through a transform T optimises the objective of T(x), so the gradient that
 reaches the image is T^T applied to the gradient at T(x). Lucid/Lucent get T^T from autograd;
-here each transform states it: ``apply(x, rng) -> (y, state)`` and ``adjoint(g, state)``.
+here each transform states it, on a backend's arrays:
+``apply(backend, x, rng, out) -> state`` writes T(x) into ``out``;
+``adjoint(backend, g, state, out) -> out`` writes T^T g into ``out``.
 
 * ``jitter(pixels)``: a random circular shift per step (the TensorFlow DeepDream tutorial's
-  roll); its adjoint is the opposite shift, so it is exactly invertible.
+  roll), the backend's ``roll`` op; its adjoint is the opposite shift, so it is exactly invertible.
 * ``scale(factors)`` and ``rotate(degrees)``: bilinear resampling about the image centre with
   clamped edges; the adjoint scatters each output gradient back onto the four input pixels with
-  the same weights.
+  the same weights. No op does this (the scatter would need float atomics on a GPU, and give
+  different bytes from run to run): it runs in NumPy on the host copy of the batch, and on a
+  device backend says so once with a ``RuntimeWarning`` (a copy each way per step and adjoint).
 
-One random draw per step serves the whole batch. Arrays are host NHWC float32.
-
-On a device backend (``apply_on`` / ``adjoint_on``, used by the ascent loop on CUDA) the batch
-stays on the device where a transform has a kernel: ``jitter`` is the backend's ``roll`` op, which
-moves the same values, so the result equals the host one exactly. ``scale`` and ``rotate`` have
-no device kernel (their adjoint is a scatter, which on a GPU needs float atomics and would give
-different bytes from run to run): on a device backend they copy the batch to the host, resample
-it there and copy it back, at each step and for each adjoint, and say so once with a
-``RuntimeWarning``. The rest of the step stays on the device.
+One random draw per step serves the whole batch. Arrays are NHWC, in the backend's dtype.
 """
 
 import warnings
@@ -27,34 +23,11 @@ import numpy as np
 
 
 class Transform:
-    def apply(self, x, rng):
+    def apply(self, backend, x, rng, out):
         raise NotImplementedError
 
-    def adjoint(self, g, state):
+    def adjoint(self, backend, g, state, out):
         raise NotImplementedError
-
-    # --- on a backend's arrays (the device loop). Without a kernel: the host, explicitly.
-    def apply_on(self, backend, x, rng, out):
-        """Write the transformed x into ``out`` (arrays of ``backend``); return the state."""
-        self._warn_host(backend)
-        y, state = self.apply(backend.to_host(x), rng)
-        backend.copy_into(y.astype(np.float32, copy=False), out)
-        return state
-
-    def adjoint_on(self, backend, g, state, out):
-        """Write the adjoint of the transform applied to g into ``out`` (arrays of ``backend``)."""
-        self._warn_host(backend)
-        backend.copy_into(self.adjoint(backend.to_host(g), state).astype(np.float32, copy=False), out)
-        return out
-
-    def _warn_host(self, backend):
-        if not backend.on_host:
-            warnings.warn(
-                f"{type(self).__name__} has no {backend.name} kernel: it runs on the host, copying the "
-                "image batch there and back at every step",
-                RuntimeWarning,
-                stacklevel=4,
-            )
 
 
 class Jitter(Transform):
@@ -64,20 +37,12 @@ class Jitter(Transform):
     def _shift(self, rng):
         return tuple(int(v) for v in rng.integers(-self.pixels, self.pixels + 1, size=2))
 
-    def apply(self, x, rng):
-        dy, dx = self._shift(rng)
-        return np.roll(x, (dy, dx), axis=(1, 2)), (dy, dx)
-
-    def adjoint(self, g, state):
-        dy, dx = state
-        return np.roll(g, (-dy, -dx), axis=(1, 2))
-
-    def apply_on(self, backend, x, rng, out):
+    def apply(self, backend, x, rng, out):
         shift = self._shift(rng)
         backend.ops.roll(x, shift, out)
         return shift
 
-    def adjoint_on(self, backend, g, state, out):
+    def adjoint(self, backend, g, state, out):
         dy, dx = state
         return backend.ops.roll(g, (-dy, -dx), out)
 
@@ -109,7 +74,8 @@ class Affine(Transform):
         self.factors = tuple(float(f) for f in factors)
         self.degrees = tuple(float(d) for d in degrees)
 
-    def apply(self, x, rng):
+    def apply(self, backend, x, rng, out):
+        x = _on_host(self, backend, x)
         factor = self.factors[rng.integers(len(self.factors))]
         angle = np.deg2rad(self.degrees[rng.integers(len(self.degrees))])
         c, s = np.cos(angle), np.sin(angle)
@@ -118,18 +84,33 @@ class Affine(Transform):
         index, weight = _bilinear_taps(h, w, matrix)
         flat = x.reshape(n, h * w, ch)
         y = sum(wt[None, :, None] * flat[:, i, :] for i, wt in zip(index, weight))
-        return y.reshape(x.shape).astype(x.dtype), (index, weight, x.shape)
+        backend.copy_into(y.reshape(x.shape).astype(out.dtype), out)
+        return index, weight, x.shape
 
-    def adjoint(self, g, state):
+    def adjoint(self, backend, g, state, out):
+        g = _on_host(self, backend, g)
         index, weight, shape = state
         n, h, w, ch = shape
         flat = g.reshape(n, h * w, ch)
-        out = np.zeros((n, ch, h * w), dtype=np.float64)
+        acc = np.zeros((n, ch, h * w), dtype=np.float64)
         for i, wt in zip(index, weight):
             for b in range(n):
                 for c in range(ch):
-                    out[b, c] += np.bincount(i, weights=wt * flat[b, :, c], minlength=h * w)
-        return out.transpose(0, 2, 1).reshape(shape).astype(g.dtype)
+                    acc[b, c] += np.bincount(i, weights=wt * flat[b, :, c], minlength=h * w)
+        return backend.copy_into(acc.transpose(0, 2, 1).reshape(shape).astype(out.dtype), out)
+
+
+def _on_host(transform, backend, x):
+    """x as a host array, saying once when that took a copy from a device."""
+    host = backend.to_host(x, copy=False)
+    if host is not x:
+        warnings.warn(
+            f"{type(transform).__name__} has no {backend.name} kernel: it runs on the host, copying the "
+            "image batch there and back at every step",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return host
 
 
 def jitter(pixels: int) -> Jitter:
@@ -149,34 +130,19 @@ def standard_transforms(jitter_pixels=8, factors=(1.0, 0.975, 1.025, 0.95, 1.05)
     return [Jitter(jitter_pixels), Affine(factors, degrees), Jitter(max(1, jitter_pixels // 2))]
 
 
-def apply_all(transforms, x, rng):
-    states = []
-    for t in transforms:
-        x, state = t.apply(x, rng)
-        states.append(state)
-    return x, states
-
-
-def adjoint_all(transforms, g, states):
-    for t, state in zip(reversed(transforms), reversed(states)):
-        g = t.adjoint(g, state)
-    return g
-
-
-def apply_all_on(work, transforms, x, rng):
-    """``apply_all`` on the arrays of ``work.backend`` (an ``engine.backend.Workspace``), each
-    transform writing into its own buffer of the workspace; returns (y, states)."""
+def apply_all(buffers, transforms, x, rng):
+    """Apply ``transforms`` in order to x (arrays of ``buffers.backend``), each writing into its
+    own buffer of ``buffers``; returns (T(x), states)."""
     states = []
     for i, t in enumerate(transforms):
-        out = work.buffer(("transform", i), x.shape)
-        states.append(t.apply_on(work.backend, x, rng, out))
+        out = buffers.get(("transform", i), x.shape)
+        states.append(t.apply(buffers.backend, x, rng, out))
         x = out
     return x, states
 
 
-def adjoint_all_on(work, transforms, g, states):
-    """``adjoint_all`` on the arrays of ``work.backend``; the result is a workspace buffer."""
+def adjoint_all(buffers, transforms, g, states):
+    """The adjoint of ``apply_all``'s composition applied to g; the result is a buffer."""
     for i in reversed(range(len(transforms))):
-        out = work.buffer(("transform adjoint", i), g.shape)
-        g = transforms[i].adjoint_on(work.backend, g, states[i], out)
+        g = transforms[i].adjoint(buffers.backend, g, states[i], buffers.get(("transform adjoint", i), g.shape))
     return g

@@ -9,7 +9,8 @@ package sets neither.
 
 Modules: ``conv`` (public conv ops, algorithm choice) over ``im2col`` (im2col + SGEMM), ``pool``,
 ``dense``, ``activations``, with the shared ``epilogue`` (bias + ReLU); ``elementwise``: the ops of
-the optimisation loops (scores, steps, image moves), NumPy.
+the optimisation loops (scores, steps, image moves), NumPy; ``fourier``: the Fourier image
+parameterisation (numpy.fft).
 """
 
 from kernels.cpu.activations import (
@@ -35,6 +36,7 @@ from kernels.cpu.elementwise import (
     square_sum,
     variation_sum,
 )
+from kernels.cpu.fourier import irfft2_backward, irfft2_forward
 from kernels.cpu.pool import maxpool_backward, maxpool_forward
 
 __all__ = [
@@ -61,4 +63,6 @@ __all__ = [
     "resize_bilinear",
     "copy_window",
     "add_window",
+    "irfft2_forward",
+    "irfft2_backward",
 ]

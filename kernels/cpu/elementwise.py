@@ -5,11 +5,7 @@ and ``variation_sum``, and the image moves ``roll``, ``resize_bilinear``, ``copy
 ``add_window`` (``kernels.LOOP_OPS``): same names and signatures on every backend.
 
 They are whole-array NumPy expressions already (the resize is two small float64 matrix products),
-so the CPU takes the reference's code rather than a second copy of it in Numba. On the CPU the
-loops of ``engine/viz`` keep their host NumPy path (``engine/viz/ascent.py``); of these ops it
-runs ``resize_bilinear`` and ``axpy`` (DeepDream's octaves), whose arithmetic is that path's,
-element for element. The rest serve the backend-op loop when it is asked for on the CPU
-(``gradient_ascent(..., resident=True)``), which the tests compare with the host loop.
+so the CPU takes the reference's code rather than a second copy of it in Numba.
 """
 
 from kernels.reference import (

@@ -4,7 +4,8 @@ launchers derive the grid from the shapes. Also the ops of the optimisation loop
 image batch on the device for a whole run: scores with their gradients and the per-sample gradient
 scale (``scores.py``; these reductions also take an optional ``scratch`` for their partial sums,
 so that a loop can reuse one buffer), the masked step, fill and axpy (``elementwise.py``), and
-rolls, bilinear resizes and windows of image batches (``images.py``).
+rolls, bilinear resizes and windows of image batches (``images.py``); and the Fourier image
+parameterisation's inverse real DFT and its adjoint (``fourier.py``).
 
 Layout and conventions are those of ``kernels/__init__.py`` (NHWC float32, C-contiguous; conv
 kernels (kh, kw, c_in, c_out) as cross-correlation; int32 argmax ``dy * pw + dx``).
@@ -30,6 +31,7 @@ from kernels.cuda.conv import (
     dense_forward,
 )
 from kernels.cuda.elementwise import axpy, fill, masked_axpy
+from kernels.cuda.fourier import irfft2_backward, irfft2_forward
 from kernels.cuda.images import add_window, copy_window, resize_bilinear, roll
 from kernels.cuda.pool import maxpool_backward, maxpool_forward
 from kernels.cuda.scores import channel_sum, sample_scale, square_sum, variation_sum
@@ -71,4 +73,6 @@ __all__ = [
     "resize_bilinear",
     "copy_window",
     "add_window",
+    "irfft2_forward",
+    "irfft2_backward",
 ]

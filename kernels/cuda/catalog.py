@@ -1,49 +1,96 @@
 """Every CUDA kernel of the backend with the argument types its launcher passes, so that tools can
 compile them ahead of time without a GPU (``benchmarks/ptx_report.py``: registers, shared memory,
-spills). Keep in step with the launchers: arrays are C-contiguous views, Python ints arrive as
-int64, scalars for float math are passed as float32.
+spills).
+
+Derived, not kept by hand: ``kernels()`` calls the launcher of every op of ``kernels.OP_NAMES``
+once on small host arrays (an NHWC batch (2, 4, 4, 2), a dense batch (2, 4), per-sample vectors
+(2,), named after the reference's parameters) with every ``*_kernel`` launch recorded instead of
+run, and takes each kernel's argument types from what the launcher passed (``numba.typeof``:
+C-contiguous arrays, Python ints as int64, float32 scalars).
 """
 
-from numba import float32, int32, int64
+import contextlib
+import inspect
 
-from kernels.cuda import activations, conv, elementwise, images, pool, scores, softmax
-from kernels.cuda.gemm import DEFAULT_TILE, conv_gemm_kernel
+import numba
+import numpy as np
 
-F1, F2, F4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
-I4 = int32[:, :, :, ::1]
-I1, L1 = int32[::1], int64[::1]
+from kernels import OP_NAMES, reference
+from kernels.cuda import activations, conv, elementwise, fourier, gemm, images, pool, scores, softmax
+
+MODULES = (activations, conv, elementwise, fourier, images, pool, scores, softmax)
+
+BATCH = np.zeros((2, 4, 4, 2), np.float32)
+DENSE = np.zeros((2, 4), np.float32)
+SAMPLES = np.zeros(2, np.float32)
+EXAMPLES = {
+    "kernel": np.zeros((3, 3, 2, 2), np.float32), "bias": np.zeros(2, np.float32), "pad": (1, 1), "relu": True,
+    "mode": 0, "pool": (2, 2), "argmax": np.zeros((2, 4, 4, 2), np.int32), "alpha": 1.0, "value": 0.0,
+    "scale": SAMPLES, "total": SAMPLES, "active": np.ones(2, np.int32), "index": np.zeros(2, np.int64),
+    "method": "rms", "eps": 1e-5, "weight": 1.0, "center": 0.0, "beta": 2.0, "region": (0, 4, 0, 4),
+    "shift": (1, 1), "origin": (0, 0),
+}
+DENSE_EXAMPLES = {"kernel": np.zeros((4, 4), np.float32), "bias": np.zeros(4, np.float32)}
+SPECTRUM = np.zeros((2, 2, 4, 3, 2), np.float32)  # the spectrum of BATCH: (N, C, H, W//2+1, 2)
+FOURIER_EXAMPLES = {"spectrum": SPECTRUM, "grad_spectrum": SPECTRUM, "scale": np.zeros((4, 3), np.float32)}
+
+
+def example_arguments(op):
+    """Host arguments for ``op``, by the names of the reference's parameters."""
+    dense = op.startswith(("dense", "softmax"))
+    examples = {**EXAMPLES, **(DENSE_EXAMPLES if dense else {})}
+    batch = DENSE if dense else BATCH
+    if op == "sample_scale":
+        examples["out"] = SAMPLES
+    if op.startswith("irfft2"):
+        examples.update(FOURIER_EXAMPLES)
+    return [examples.get(name, batch) for name in inspect.signature(getattr(reference, op)).parameters]
+
+
+class _Recorder:
+    """Stands for a kernel: ``[grid, block](*args)`` records the argument types, runs nothing."""
+
+    def __init__(self, name, dispatcher, table):
+        self.name, self.dispatcher, self.table = name, dispatcher, table
+
+    def __getitem__(self, launch):
+        return self
+
+    def __call__(self, *args):
+        self.table[self.name] = (self.dispatcher.py_func, tuple(numba.typeof(a) for a in args))
+
+
+@contextlib.contextmanager
+def _recording(table):
+    """Every ``*_kernel`` of MODULES (and the GEMM kernel factory) replaced by a recorder, device
+    allocations by host ones; all restored on exit."""
+    saved = []
+
+    def replace(owner, name, value):
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    make = gemm.conv_gemm_kernel
+    try:
+        for module in MODULES:
+            for name in dir(module):
+                if name.endswith("_kernel") and hasattr(getattr(module, name), "py_func"):
+                    replace(module, name, _Recorder(name.removesuffix("_kernel"), getattr(module, name), table))
+        tile_name = lambda tile: "conv_gemm[" + "x".join(map(str, tile)) + "]"  # noqa: E731
+        replace(gemm, "conv_gemm_kernel", lambda tile: _Recorder(tile_name(tile), make(tile), table))
+        replace(numba.cuda, "device_array", lambda shape, dtype=np.float32: np.zeros(shape, dtype))
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
 
 
 def kernels():
-    """[(name, python function, argument types)] for every kernel the launchers run."""
-    tile = "x".join(map(str, DEFAULT_TILE))
-    table = [
-        (
-            f"conv_gemm[{tile}]",
-            conv_gemm_kernel(DEFAULT_TILE),
-            (F4, F2, F1, int64, int64, int64, int64, F4),
-        ),
-        ("flip_transpose", conv.flip_transpose_kernel, (F4, F1)),
-        ("relu_forward", activations.relu_forward_kernel, (F1, F1)),
-        ("relu_backward", activations.relu_backward_kernel, (F1, F1, int64, F1)),
-        ("sigmoid_forward", activations.sigmoid_forward_kernel, (F1, F1)),
-        ("sigmoid_backward", activations.sigmoid_backward_kernel, (F1, F1, F1)),
-        ("maxpool_forward", pool.maxpool_forward_kernel, (F4, int64, int64, F4, I4)),
-        ("maxpool_backward", pool.maxpool_backward_kernel, (F4, I4, int64, int64, F4)),
-        ("softmax_forward", softmax.softmax_forward_kernel, (F2, F2)),
-        ("softmax_backward", softmax.softmax_backward_kernel, (F2, F2, F2)),
-        ("axpy", elementwise.axpy_kernel, (float32, F1, F1)),
-        ("masked_axpy", elementwise.masked_axpy_kernel, (float32, F1, F1, I1, F1)),
-        ("fill", elementwise.fill_kernel, (float32, F1)),
-        ("channel_sum", scores.channel_sum_kernel, (F4, L1, int64, int64, int64, int64, float32, F2, F4)),
-        ("square_sum", scores.square_sum_kernel, (F4, float32, int64, int64, int64, int64, float32, F2, F4)),
-        ("variation_sum", scores.variation_sum_kernel, (F4, float32, float32, float32, F2, F4)),
-        ("sample_sums", scores.sample_sums_kernel, (F2, int64, F2)),
-        ("add_partials", scores.add_partials_kernel, (F2, float32, F1)),
-        ("scale_from_partials", scores.scale_from_partials_kernel, (F2, float32, int64, float32, F1)),
-        ("roll", images.roll_kernel, (F4, int64, int64, F4)),
-        ("resize_bilinear", images.resize_bilinear_kernel, (F4, F4)),
-        ("copy_window", images.copy_window_kernel, (F4, int64, int64, F4)),
-        ("add_window", images.add_window_kernel, (F4, int64, int64, F4)),
-    ]
-    return [(name, dispatcher.py_func, argtypes) for name, dispatcher, argtypes in table]
+    """[(name, python function, argument types)] for every kernel the launchers of OP_NAMES run."""
+    import kernels.cuda as cuda_ops
+
+    table = {}
+    with _recording(table):
+        for op in OP_NAMES:
+            getattr(cuda_ops, op)(*example_arguments(op))
+    return [(name, function, argtypes) for name, (function, argtypes) in table.items()]

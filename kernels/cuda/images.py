@@ -4,7 +4,7 @@ between network passes, so the batch never has to leave the device.
 * ``roll(x, shift, out)``: circular shift by (dy, dx) pixels (np.roll over H and W): jitter and
   DeepDream's random roll, and their exact adjoints (the opposite shift);
 * ``resize_bilinear(x, out)``: to out's (H, W), half-pixel centres, edges clamped, no antialiasing
-  (``tf.image.resize``, see ``engine/viz/resize.py``): DeepDream's octaves. Coordinates, weights
+  (``tf.image.resize``, as ``kernels/reference.py``): DeepDream's octaves. Coordinates, weights
   and the sum are float64, rounded once, so the result is the correctly rounded bilinear value,
   as the reference computes it (one resize per octave: the float64 cost does not matter);
 * ``copy_window(x, origin, out)`` / ``add_window(window, origin, out)``: cut a window out of a

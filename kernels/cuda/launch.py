@@ -1,7 +1,7 @@
 """Launch geometry shared by the CUDA kernels: block counts and flat views of device arrays.
 
 Every launcher derives its grid from the array shapes with these helpers, so no caller ever picks a
-grid. Flat views rely on the data contract (C-contiguous NHWC), which ``engine/backend.py`` asserts.
+grid. Flat views rely on the data contract of ``kernels/__init__.py`` (C-contiguous NHWC).
 """
 
 ELEMENTWISE_THREADS = 256  # threads per block for one-thread-per-element kernels

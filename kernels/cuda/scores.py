@@ -14,7 +14,7 @@ spreads over ``parts`` blocks. ``parts`` comes from the sample's size (``launch_
 
 The partial sums need an (N, parts) float32 device buffer. Each op takes an optional
 ``scratch(shape)`` (after the reference's parameters) that returns one; a loop passes one that
-hands back the same buffer for the same shape (``engine.backend.Workspace.scratch``), so its
+hands back the same memory every time (``engine.backend.Buffers.scratch``), so its
 steps allocate nothing. Ops on one stream run in order, so they can all share that buffer. Without
 ``scratch`` an op allocates its own.
 
