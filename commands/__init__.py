@@ -26,6 +26,8 @@ status 2.
 """
 
 import engine  # noqa: F401  first: it tunes the BLAS before NumPy is imported
+from typing import Annotated
+
 import typer
 
 from commands.attribution import gradcam, occlusion, saliency
@@ -50,3 +52,24 @@ COMMANDS = (
     neighbors, embed, patches, features, fool, invert, texture, dream, classmax, report,
 )
 register(app, COMMANDS)
+
+
+def _show_version(value: bool):
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("convscope")
+        except metadata.PackageNotFoundError:
+            version = "(not installed)"
+        typer.echo(f"convscope {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Show convscope's version and exit.", callback=_show_version, is_eager=True)
+    ] = False,
+):
+    """See inside convolutional networks: VGG16 from the original Keras h5 files, no framework."""

@@ -12,9 +12,9 @@ import typer
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from commands.common import (
-    Device, DeviceOpt, Out, Overwrite, Seed, Weights, command, input_hw, load_model, resolve_layer,
+    Device, DeviceOpt, Out, Overwrite, SaveArray, Seed, Weights, command, input_hw, load_model, resolve_layer,
 )
-from commands.outputs import check_output, save_image, write_text
+from commands.outputs import check_array_output, check_output, save_array, save_image, write_text
 from commands.pictures import activation_zoom, titled
 from commands.scale import SchedulerOpt, StoreOpt, WorkersOpt, dask_cluster, store_neighbours, store_view
 from commands.folder_cache import (
@@ -176,6 +176,7 @@ def neighbors(
     seed: Seed = 0,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """Nearest neighbours of an image in a folder: in feature space (top row) and in pixel space (bottom row).
 
@@ -193,6 +194,7 @@ def neighbors(
     query_picture = load_image(query, size=(thumb, thumb))  # a bad query fails before the slow load
     files = folder_files(images) if images is not None else None
     out = check_output(out if out is not None else Path(f"{query.stem}_neighbors.png"), overwrite)
+    check_array_output(array_path, overwrite)
     if store is not None:
         spaces, paths, layer = store_neighbours(query, images, store, layer, size, metric.value, index == IndexKind.approx, top,
                                                 seed, weights=weights, device=device, batch=batch, scheduler=scheduler, workers=workers)
@@ -224,6 +226,7 @@ def neighbors(
     left = titled(captioned_row(query_picture[None], [query.name[: thumb // 6]]), "query")
     picture = side_by_side(left, stack_rows(rows))
     save_image(out, picture, overwrite)
+    save_array(array_path, np.stack([dist for _, _, dist in spaces]), overwrite)  # (2, top): features, then pixels
     typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
 
 
@@ -256,6 +259,7 @@ def embed(
         Optional[Path], typer.Option("--csv", help="Coordinates as CSV (path,x,y). Default: the picture's name with .csv.", show_default=False)
     ] = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """A folder's images placed at a 2-D embedding of their features (later images on top), and the coordinates as CSV.
 
@@ -286,6 +290,7 @@ def embed(
     files = folder_files(images) if images is not None else None
     out = check_output(out if out is not None else Path(f"embed_{method.value}.png"), overwrite)
     csv_path = check_output(csv_path if csv_path is not None else out.with_suffix(".csv"), overwrite, suffixes={".csv"})
+    check_array_output(array_path, overwrite)
     if store is not None:
         with dask_cluster(scheduler, workers) as cluster:
             found, paths, rows, _ = store_view(store, images, layer, size, False, weights=weights, device=device,
@@ -334,6 +339,7 @@ def embed(
         writer.writerow([str(path), f"{x:.9g}", f"{y:.9g}"])
     save_image(out, picture, overwrite)
     write_text(csv_path, text.getvalue(), overwrite)
+    save_array(array_path, coords, overwrite)
     shown = "" if len(drawn) == len(paths) else f", {len(drawn)} drawn"
     typer.echo(f"wrote {out} ({canvas}x{canvas}: {len(coords)} images by {how} of {layer}{shown}) and {csv_path}")
 
@@ -358,6 +364,7 @@ def patches(
     device: DeviceOpt = Device.cpu,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """The image regions that excite each channel most: the receptive field of each image's arg-max, one row per channel.
 
@@ -377,6 +384,7 @@ def patches(
     need_images(images, store)
     files = folder_files(images) if images is not None else None
     out = check_output(out if out is not None else Path(f"patches_{layer or 'block4_conv1'}.png"), overwrite)
+    check_array_output(array_path, overwrite)
     if store is not None:
         from engine.scale.patches import store_top_patches
 
@@ -420,6 +428,7 @@ def patches(
             f"at {tuple(int(v) for v in best.positions[row, 0])}, field {tuple(int(v) for v in best.boxes[row, 0])}"
         )
     save_image(out, picture, overwrite)
+    save_array(array_path, best.values, overwrite)  # (channels, top): each patch's activation
     typer.echo(
         f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}: {rows} channels x {columns} patches of "
         f"{field.size[0]} px, the receptive field of {layer})"

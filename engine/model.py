@@ -91,12 +91,23 @@ class Model:
         """Smallest square input for which no spatial layer is empty."""
         return geometry.min_input_size(self.layers)
 
-    def summary(self, input_size=None) -> list[tuple]:
+    def summary_rows(self, input_size=None) -> list[tuple]:
         """Rows (name, kind, output shape, parameter count) for an input of (H, W)."""
         if input_size is None:
             input_size = self.input_shape[:2] if self.input_shape[0] else (224, 224)
         shapes = self.output_shapes(input_size)
         return [(l.name, l.kind, s, l.n_params) for l, s in zip(self.layers, shapes)]
+
+    def summary(self, input_size=None) -> str:
+        """The layers as a text table (name, kind, output shape, parameters) and the total, as
+        Keras' ``model.summary()`` shows them; ``summary_rows`` gives the same rows as tuples."""
+        rows = self.summary_rows(input_size)
+        width = max([len("layer")] + [len(row[0]) for row in rows])
+        lines = [f"{'layer':<{width}}  {'kind':<9}  {'output':<14}  {'params':>12}"]
+        for name, kind, shape, n_params in rows:
+            lines.append(f"{name:<{width}}  {kind:<9}  {'x'.join(map(str, shape)):<14}  {n_params:>12,}")
+        lines.append(f"total: {self.n_params:,} parameters ({self.n_params * 4 / 2**20:.1f} MiB as float32)")
+        return "\n".join(lines)
 
     def layer_index(self, name: str) -> int:
         """Index of a layer by name ('logits' is the last layer); a clear error when unknown."""

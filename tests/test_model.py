@@ -223,9 +223,12 @@ def test_unknown_layer_and_gradient_shape_errors():
 
 def test_summary_and_minimum_size():
     model = model64()
-    rows = model.summary((9, 8))
+    rows = model.summary_rows((9, 8))
     assert [r[2] for r in rows] == [(7, 6, 4), (7, 6, 3), (3, 3, 3), (3, 3, 3), (27,), (6,), (6,), (4,)]
     assert rows[0][3] == 3 * 3 * 2 * 4 + 4
+    text = model.summary((9, 8))  # a printable table, as Keras' model.summary()
+    assert isinstance(text, str) and len(text.splitlines()) == len(rows) + 2
+    assert "7x6x4" in text.splitlines()[1] and f"total: {model.n_params:,} parameters" in text
     assert model.min_input_size() == 4  # valid 3x3 -> 2x2 -> pool -> 1x1
     spec = small_spec()
     spec.layers = spec.layers[:4]  # the convolutional part takes any size from 4x4 up
