@@ -126,8 +126,8 @@ class EngineContender:
             return lambda: model.input_gradient(x, "block5_pool", g)
         i, data = task[1], task[2]
         ops = model.backend.ops
-        idx = model.layer_index(CONV_LAYERS[i]["name"])
-        kernel, bias = model._params[idx]
+        spec = model.spec.layer(CONV_LAYERS[i]["name"])
+        kernel, bias = model.backend.frozen(spec.kernel), model.backend.asarray(spec.bias)  # as Model holds them
         n, h, w, _ = data.shape
         if kind == "conv":
             out = np.empty((n, h, w, kernel.shape[3]), np.float32)

@@ -19,9 +19,12 @@ import subprocess
 import sys
 
 from benchmarks.frameworks import NAMES
+from benchmarks.targets import table as targets_table
 
 COLUMNS = ["engine", "pytorch", "onnxruntime", "keras"]
-SHORT = {"engine": "engine", "pytorch": "PyTorch", "onnxruntime": "ORT", "keras": "Keras"}
+EXTRA_COLUMNS = ["pytorch_batched"]  # shown only when a row has them (filters: PyTorch on a batch)
+SHORT = {"engine": "engine", "pytorch": "PyTorch", "onnxruntime": "ORT", "keras": "Keras",
+         "pytorch_batched": "PyTorch batched"}
 RATIOS = [("pytorch", "engine/PyTorch"), ("onnxruntime", "engine/ORT")]
 
 
@@ -108,11 +111,12 @@ def _cell(row, name):
 
 
 def timing_table(rows) -> str:
-    head = ["configuration"] + [f"{SHORT[c]} ms" for c in COLUMNS] + [r[1] for r in RATIOS]
+    columns = COLUMNS + [c for c in EXTRA_COLUMNS if any(c in row["status"] for row in rows)]
+    head = ["configuration"] + [f"{SHORT[c]} ms" for c in columns] + [r[1] for r in RATIOS]
     head += ["engine GFLOP/s", "max rel. err"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for row in rows:
-        cells = [row["name"]] + [_cell(row, c) for c in COLUMNS]
+        cells = [row["name"]] + [_cell(row, c) for c in columns]
         cells += ["—" if ratio(row, c) is None else f"{ratio(row, c):.2f}" for c, _ in RATIOS]
         eng = row["ms"].get("engine")
         cells.append(f"{row['flops'] / eng / 1e6:.1f}" if row.get("flops") and eng else "—")
@@ -155,6 +159,9 @@ def markdown(results) -> str:
         "engine / other (below 1: the engine is faster). Each contender was validated against "
         f"the reference first and is not timed (FAIL) above a relative error of {results['settings']['tolerance']:g}.",
     ]
+    if results.get("targets"):
+        out += ["", "## Issue 16 targets (engine / other: met when at most the bound)", "",
+                targets_table(results["targets"])]
     titles = {"network": "VGG16 conv stack", "layers": "Conv layers alone", "techniques": "Techniques end to end"}
     for section, title in titles.items():
         rows = [r for r in results["rows"] if r["section"] == section]

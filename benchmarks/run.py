@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                      # everything (~10 min on a quiet 2-core machine)
     python benchmarks/run.py --quick              # tiny sizes and reps: checks the harness (~1 min)
+    python benchmarks/run.py --targets            # issue 16's targets at the issue's scale (~20 min)
     python benchmarks/run.py --only network --sizes 224 --batches 1,8 --reps 7 --threads 2
 
 Sections (``--only`` takes a comma-separated list):
@@ -10,8 +11,8 @@ Sections (``--only`` takes a comma-separated list):
               (d sum(block5_pool * g) / dx), for every --sizes x --batches
 * layers      each of the 13 conv layers alone, forward (bias + ReLU) and backward-input
 * techniques  filters and DeepDream end to end (engine.viz.filters / engine.viz.dream, batched)
-              vs the same algorithm in PyTorch and Keras, one filter at a time; skipped when the
-              engine module does not exist
+              vs the same algorithm in PyTorch and Keras, one filter at a time, and (filters) in
+              PyTorch on the engine's batch; skipped when the engine module does not exist
 * startup     fresh processes: Numba's first-run compile time (an empty NUMBA_CACHE_DIR) and the
               cached start-up time (process start to first forward done), per contender
 * memory      peak RSS (ru_maxrss) of one process per contender doing forward + input gradient
@@ -20,7 +21,8 @@ Every timed configuration is first validated: each contender's result against Py
 (``tests.reference_models``; the engine's NumPy reference backend when torch is missing) on the
 same weight file and input. Above a relative error of 1e-4 the contender is marked FAIL and not
 timed. Contenders run interleaved in one process with equal thread counts; a missing framework
-is skipped with a note. Output: a markdown table (printed and saved), a JSON file with every raw
+is skipped with a note. Issue 16's targets are read off the rows (``targets.py``; ``--targets``
+runs the issue's configurations). Output: a markdown table (printed and saved), a JSON file with every raw
 time and the machine, and a PNG bar chart of the ratios, in --out (default benchmarks/results/).
 Weights: synthetic official-layout VGG16 files (``tests.synthetic``) cached in benchmarks/.cache/,
 or --weights FILE (a notop or full official VGG16 file).
@@ -44,6 +46,11 @@ def _ints(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes and reps (harness check)")
+    p.add_argument("--targets", action="store_true",
+                   help="issue 16's configurations: sections network, techniques and memory; filters "
+                        "block3_conv1,200,128,20,32; dream 512,4,20; sizes 224,128; batches 1,8; one "
+                        "repetition of each technique (options given as well win; with --quick, "
+                        "the same sections at --quick's scale)")
     p.add_argument("--sizes", type=_ints, default=None, help="image sizes, e.g. 224,128")
     p.add_argument("--batches", type=_ints, default=None, help="batch sizes, e.g. 1,8")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration")
@@ -62,6 +69,21 @@ def parse_args(argv=None):
     p.add_argument("--dream", default=None, help="techniques: SIZE,OCTAVES,STEPS (e.g. 512,4,20)")
     p.add_argument("--technique-reps", type=int, default=None, help="timed repetitions of each technique")
     args = p.parse_args(argv)
+    if args.targets:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from benchmarks import targets  # no NumPy: thread settings are still to be made
+
+        given = set(argv if argv is not None else sys.argv[1:])
+        layer, count, size, steps = targets.FILTERS
+        if not any(a.startswith("--only") for a in given):
+            args.only = "network,techniques,memory"
+        if not args.quick:  # --targets --quick: the same sections and table at --quick's scale
+            args.filters = args.filters or f"{layer},{count},{size},{steps},32"
+            args.dream = args.dream or ",".join(map(str, targets.DREAM))
+            args.sizes = args.sizes or list(targets.GRAD_SIZES)
+            args.batches = args.batches or [1, targets.MEMORY[1]]
+            args.technique_reps = args.technique_reps or 1
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}: use {', '.join(SECTIONS)}")
@@ -131,6 +153,7 @@ def main(argv=None):
     from benchmarks import frameworks as fw
     from benchmarks import report
     from benchmarks.sections import Context, run_section
+    from benchmarks.targets import targets
 
     started = time.perf_counter()
     ctx = Context(args, weights_file(args))
@@ -154,6 +177,7 @@ def main(argv=None):
         print(f"== {section}", flush=True)
         run_section(ctx, section)
         ctx.note(f"section {section} took {time.perf_counter() - t:.0f} s", log=False)
+    results["targets"] = targets(results)
     results["elapsed_s"] = time.perf_counter() - started
     results["machine"] = report.machine_info(threads)  # now that every thread pool has started
 

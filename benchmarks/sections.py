@@ -20,6 +20,7 @@ from benchmarks.timing import interleaved, median_ms, rel_err
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "benchmarks" / "worker.py"
+FILTER_BATCH = 32  # the engine's filters batch (the CLI's default), given to batched PyTorch too
 KIND_LABEL = {"forward": "forward", "forward_grad": "fwd + input grad", "conv": "fwd", "conv_backward": "bwd-input"}
 
 
@@ -149,7 +150,8 @@ def _layer_reference(ctx, i, kind, data):
     """Float64 result of conv layer i alone (PyTorch, or the NumPy reference kernels)."""
     name = fw.CONV_LAYERS[i]["name"]
     engine_c = ctx.contenders["engine"]
-    kernel, bias = (np.asarray(a, np.float64) for a in engine_c.model._params[engine_c.model.layer_index(name)])
+    spec = engine_c.model.spec.layer(name)
+    kernel, bias = (np.asarray(a, np.float64) for a in (spec.kernel, spec.bias))
     try:
         import torch
         import torch.nn.functional as F
@@ -218,20 +220,29 @@ def section_techniques(ctx):
         def make(contender, n_steps, layer=layer, size=size, filters=filters, starts=starts, outputs=outputs, k=k):
             if contender == "engine":
                 return lambda: tq.engine_filters(engine_c.model, layer, filters, size, n_steps)[:k]
+            if contender == "pytorch_batched":  # the engine's batch (32), the first K filters
+                return lambda: tq.filters_batched(outputs["pytorch"], layer, starts[:k], filters[:k], n_steps,
+                                                  batch=FILTER_BATCH)
             return lambda: tq.filters_one_at_a_time(outputs[contender], layer, starts[:k], filters[:k], n_steps)
 
-        def followed(layer=layer, starts=starts, filters=filters, k=k):
-            """PyTorch's first step of each filter, following the engine's decisions for that image
-            (taken in the engine's first batch, so with its exact arithmetic)."""
-            forced = _engine_decisions(engine_c.model, starts[: min(32, len(filters))], layer)
+        def followed(contender, layer=layer, starts=starts, filters=filters, k=k):
+            """PyTorch's first step of each filter, one at a time, following the decisions that the
+            engine (or batched PyTorch) took in its first batch, so with its exact arithmetic."""
+            first = starts[: min(FILTER_BATCH, k)]
+            if contender == "engine":
+                forced = _engine_decisions(engine_c.model, first, layer)
+            else:
+                forced = _torch_decisions(ref, first, layer)
             return np.concatenate([
                 tq.filters_one_at_a_time(_forced_outputs(ref, layer, forced, i), layer, starts[i : i + 1], filters[i : i + 1], 1)
-                for i in range(k)]) - starts[:k]
+                for i in range(len(first))]) - starts[: len(first)], len(first)
 
         label = f"filters {layer} x{count} {size}px {steps} steps"
-        # the frameworks run filter after filter, each an independent ascent: K of them, timed, then
-        # scaled to COUNT; the engine runs all COUNT (in its batches) every time
-        jobs.append((label, make, steps, starts[:k], count / k, followed))
+        # the frameworks run filter after filter (PyTorch batched: batch after batch), each an
+        # independent ascent: K of them, timed, then scaled to COUNT; the engine runs all COUNT
+        # (in its batches) every time
+        names = ["engine", "pytorch", "pytorch_batched"] + (["keras"] if keras_on else [])
+        jobs.append((label, make, steps, starts[:k], count / k, followed, names))
     if tq.engine_module("dream") is None:
         ctx.note("dream timing skipped: engine.viz.dream does not exist")
     else:
@@ -248,14 +259,14 @@ def section_techniques(ctx):
                 return lambda: tq.engine_dream(engine_c.model, img, **setting)
             return lambda: tq.dream_reference(outputs[contender], img, **setting)
 
-        def d_followed(img=img):
+        def d_followed(contender, img=img):
             forced = _engine_decisions(engine_c.model, img, "block5_conv1")
             return tq.dream_reference(_forced_outputs(ref, "block5_conv1", forced, 0), img,
-                                      **tq.dream_setting(1, 1)) - img
+                                      **tq.dream_setting(1, 1)) - img, 1
 
-        jobs.append((f"dream {size}px {octaves} octaves x {steps} steps", make, steps, img, 1.0, d_followed))
-    names = ["engine", "pytorch"] + (["keras"] if keras_on else [])
-    for label, make, steps, start, scale, followed in jobs:
+        names = ["engine", "pytorch"] + (["keras"] if keras_on else [])
+        jobs.append((f"dream {size}px {octaves} octaves x {steps} steps", make, steps, img, 1.0, d_followed, names))
+    for label, make, steps, start, scale, followed, names in jobs:
         start = np.asarray(start, np.float64)
         one = {c: make(c, 1)() - start for c in names}  # the change made by one step
         runs = {c: make(c, steps) for c in names}
@@ -266,12 +277,13 @@ def section_techniques(ctx):
         for c in names:
             row["error"][c] = rel_err(one[c], one["pytorch"])
             row["status"][c] = "ok" if row["error"][c] <= args.tolerance else "FAIL"
-            if c == "engine" and row["status"][c] == "FAIL":
+            if c in ("engine", "pytorch_batched") and row["status"][c] == "FAIL":
                 # a near-tie ReLU/pool decision moves one normalised step by far more than rounding
-                # (see _follow_decisions); PyTorch made to follow the engine's tells a flip from a bug
-                err = rel_err(one[c], followed())
-                recheck = (f"; engine's first step {row['error'][c]:.1e} from PyTorch's, {err:.1e} when "
-                           "PyTorch follows the engine's ReLU/max-pool decisions")
+                # (see _follow_decisions); PyTorch made to follow the contender's tells a flip from a bug
+                expected, n = followed(c)
+                err = rel_err(one[c][:n], expected)
+                recheck += (f"; {c}'s first step {row['error'][c]:.1e} from PyTorch's one at a time, {err:.1e} "
+                            f"when PyTorch follows its ReLU/max-pool decisions (first {n} images)")
                 row["error"][c], row["status"][c] = err, "ok" if err <= args.tolerance else "FAIL"
             ends[c] = runs[c]()  # the whole run once: warm-up, and the end-to-end difference
             if row["status"][c] == "ok":
@@ -282,8 +294,9 @@ def section_techniques(ctx):
         row["times_s"] = interleaved(timed, args.technique_reps, 0, args.pause)
         if scale != 1:
             row["times_s"] = {c: [t * (scale if c != "engine" else 1) for t in ts] for c, ts in row["times_s"].items()}
-            row["note"] += (f"; PyTorch and Keras ran the first {len(start)} filters one at a time, their time "
-                            f"x{scale:g} (filters are independent runs); the engine ran all {int(round(scale * len(start)))}")
+            row["note"] += (f"; PyTorch and Keras ran the first {len(start)} filters one at a time (PyTorch "
+                            f"batched: in batches of {FILTER_BATCH}), their time x{scale:g} (filters are "
+                            f"independent runs); the engine ran all {int(round(scale * len(start)))}")
         row["ms"] = {c: median_ms(t) for c, t in row["times_s"].items()}
         print(f"  {label}: " + ", ".join(f"{c} {v:.0f} ms" for c, v in row["ms"].items()) + f"; {row['note']}", flush=True)
         ctx.rows.append(row)
@@ -296,6 +309,19 @@ def _engine_decisions(model, x, deepest):
     names = [t["name"] for t in fw.TABLE]
     table = fw.TABLE[: names.index(deepest) + 1]
     return decisions_from_outputs(table, model.forward(x, outputs=[t["name"] for t in table]))
+
+
+def _torch_decisions(ref, x, deepest):
+    """PyTorch's (float32, this batch) ReLU masks and max-pool winners on x, up to ``deepest``."""
+    import torch
+
+    names = [t["name"] for t in fw.TABLE]
+    table = fw.TABLE[: names.index(deepest) + 1]
+    from tests.reference_models import decisions_from_outputs
+
+    # with autograd on, as filters_batched runs it (oneDNN picks its algorithm per call and mode)
+    acts = ref(torch.tensor(np.asarray(x, np.float32), requires_grad=True), stop_at=deepest)
+    return decisions_from_outputs(table, {t["name"]: acts[t["name"]].detach().numpy() for t in table})
 
 
 def _forced_outputs(ref, deepest, forced, i):

@@ -3,8 +3,10 @@ and in Keras 3 (torch backend), written out the way those frameworks' examples w
 
 * filters: Keras' ``conv_filter_visualization`` example (mean activation of one filter, gradient
   divided by its RMS + 1e-5, steps of 1.0, a filter stops once its loss is <= 0), one filter at a
-  time as the example does, vs ``engine.viz.filters.visualize_filters`` doing all filters in one
-  batch. Start images: ``engine.viz.filters.start_images`` (the same for all contenders).
+  time as the example does (``filters_one_at_a_time``), the same algorithm on a batch of filters
+  in PyTorch (``filters_batched``, the engine's batch), and
+  ``engine.viz.filters.visualize_filters`` (batches of 32). Start images:
+  ``engine.viz.filters.start_images`` (the same for all contenders).
 * dream: Keras' ``deep_dream`` example (octaves, bilinear resizes without antialiasing, gradient
   / max(mean |g|, 1e-7), lost-detail re-injection; loss = weighted mean square of each layer's
   activations without a 2-pixel border, as ``engine.viz.objectives.dream``) vs
@@ -51,6 +53,37 @@ def filters_one_at_a_time(outputs, layer, starts, filters, steps, step_size=1.0,
                 break
         images.append(x[0])
     return np.array(images)
+
+
+def filters_batched(outputs, layer, starts, filters, steps, batch=32, step_size=1.0, device="cpu"):
+    """The Keras example's algorithm for ``batch`` filters at once, as the engine runs it: image i
+    ascends the mean of filter ``filters[i]``, its own gradient divided by its own RMS + 1e-5, and
+    stops after the step at which its loss was <= 0 (it keeps its image; the others go on).
+
+    The images do not interact (no batch statistics in VGG16), so each equals
+    ``filters_one_at_a_time`` up to float32 rounding; the network runs once per step on the
+    still-active images. Float64 images (n, S, S, 3), as ``filters_one_at_a_time`` returns.
+    """
+    import torch
+
+    result = np.array(starts, dtype=np.float64)
+    for b0 in range(0, len(filters), batch):
+        x = result[b0 : b0 + batch]  # a view: updated in place
+        chosen = torch.as_tensor(np.asarray(filters[b0 : b0 + batch], dtype=np.int64), device=device)
+        active = np.arange(len(x))
+        for _ in range(steps):
+            if len(active) == 0:
+                break
+            xt = torch.tensor(x[active], dtype=torch.float32, device=device, requires_grad=True)
+            acts = outputs(xt)[layer]  # (k, h, w, c)
+            picked = torch.gather(acts, 3, chosen[torch.as_tensor(active, device=device)].view(-1, 1, 1, 1)
+                                  .expand(-1, acts.shape[1], acts.shape[2], 1))
+            losses = picked.mean(dim=(1, 2, 3))
+            (g,) = torch.autograd.grad(losses.sum(), xt)
+            rms = torch.sqrt(torch.mean(torch.square(g), dim=(1, 2, 3), keepdim=True))
+            x[active] += (g / (rms + 1e-5)).cpu().numpy() * step_size
+            active = active[losses.detach().cpu().numpy() > 0.0]
+    return result
 
 
 def engine_filters(model, layer, filters, size, steps, seed=0, batch=32):

@@ -26,6 +26,8 @@ status 2.
 """
 
 import engine  # noqa: F401  first: it tunes the BLAS before NumPy is imported
+from typing import Annotated
+
 import typer
 
 from commands.attribution import gradcam, occlusion, saliency
@@ -34,6 +36,7 @@ from commands.common import _OneLineErrors, register
 from commands.dataset import embed, neighbors, patches
 from commands.features import activations, filters, show_weights
 from commands.report import report
+from commands.scale import features
 from commands.synthesis import classmax, dream, fool, invert, texture
 
 app = typer.Typer(
@@ -46,6 +49,27 @@ app = typer.Typer(
 
 COMMANDS = (
     info, predict, filters, show_weights, gradcam, activations, saliency, occlusion,
-    neighbors, embed, patches, fool, invert, texture, dream, classmax, report,
+    neighbors, embed, patches, features, fool, invert, texture, dream, classmax, report,
 )
 register(app, COMMANDS)
+
+
+def _show_version(value: bool):
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("convscope")
+        except metadata.PackageNotFoundError:
+            version = "(not installed)"
+        typer.echo(f"convscope {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Show convscope's version and exit.", callback=_show_version, is_eager=True)
+    ] = False,
+):
+    """See inside convolutional networks: VGG16 from the original Keras h5 files, no framework."""

@@ -10,12 +10,14 @@ import typer
 
 from engine.errors import ConvscopeError
 from engine.images import load_image
+from engine.model import LOGITS
 from commands.common import (
-    ClassOpt, Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, shape_text,
+    ClassIndex, ClassOpt, Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, shape_text,
     class_text, command, echo_top_classes, explained_class, load_model, network_input, progress,
     resolve_layer,
 )
 from commands.outputs import check_array_output, check_output, save_array, save_image
+from commands.limits import check_memory, network_bytes
 from commands.pictures import heatmap_picture, occlusion_unit, saliency_picture
 
 
@@ -37,17 +39,18 @@ def gradcam(
     out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
+    class_index: ClassIndex = None,
 ):
     """Where the network sees a class: the Grad-CAM heatmap, jet-coloured, blended over the photo."""
-    from engine.viz.gradcam import grad_cam
+    from engine.viz.attribution.gradcam import grad_cam
 
     if not 0.0 <= alpha <= 1.0:
         raise ConvscopeError(f"--alpha {alpha}: give a weight between 0 and 1")
-    photo = load_image(image)  # a bad image fails before the slow load
+    photo = load_image(image, min_side=1)  # resized for the network; a bad image fails before the slow load
     out = check_output(out if out is not None else Path(f"{image.stem}_gradcam.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
-    names, wanted = explained_class(model, klass)
+    names, wanted = explained_class(model, klass, class_index)
     resolve_layer(model, layer)
     x = network_input(photo, model)
     result = grad_cam(model, x, classes=wanted, layer=layer, score=score.value)
@@ -97,6 +100,7 @@ def saliency(
     out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
+    class_index: ClassIndex = None,
 ):
     """Which pixels the class score depends on: gradients, guided backprop, SmoothGrad, integrated gradients, guided Grad-CAM.
 
@@ -114,14 +118,15 @@ def saliency(
         options.update(steps=check_count(steps, "--steps"), rule=rule.value)
     elif method is SaliencyMethod.guided_gradcam:
         options.update(layer=layer)
-    photo = load_image(image)  # a bad image fails before the slow load
+    photo = load_image(image, min_side=1)  # resized for the network; a bad image fails before the slow load
     out = check_output(out if out is not None else Path(f"{image.stem}_{name}.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
-    names, wanted = explained_class(model, klass)
+    names, wanted = explained_class(model, klass, class_index)
     if method is SaliencyMethod.guided_gradcam:
         resolve_layer(model, layer)
     x = network_input(photo, model)
+    check_memory(network_bytes(model, x.shape[1:3], batch, LOGITS), f"{name} with --batch {batch}", "lower --batch")
     start = time.perf_counter()
     with progress(name) as update:
         result = attribute(model, x, name, classes=wanted, progress=update, **options)
@@ -167,23 +172,26 @@ def occlusion(
     out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
+    class_index: ClassIndex = None,
 ):
     """Where hiding the photo hurts the class: the drop in its probability as a grey square slides over it.
 
     --save-array writes the drop in probability per pixel: (224, 224) float32."""
     from engine.viz.attribution.base import check_count
-    from engine.viz.occlusion import occlusion as occlusion_map
+    from engine.viz.attribution.occlusion import occlusion as occlusion_map
 
     if not 0.0 <= alpha <= 1.0:
         raise ConvscopeError(f"--alpha {alpha}: give a weight between 0 and 1")
     window, stride = check_count(window, "--window"), check_count(stride, "--stride")
     batch = check_count(batch, "--batch")
-    photo = load_image(image)  # a bad image fails before the slow load
+    photo = load_image(image, min_side=1)  # resized for the network; a bad image fails before the slow load
     out = check_output(out if out is not None else Path(f"{image.stem}_occlusion.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
-    names, wanted = explained_class(model, klass)
+    names, wanted = explained_class(model, klass, class_index)
     x = network_input(photo, model)
+    check_memory(network_bytes(model, x.shape[1:3], batch, LOGITS, backward=False),
+                 f"occlusion with --batch {batch}", "lower --batch")
     start = time.perf_counter()
     with progress("occlusion") as update:
         result = occlusion_map(model, x, classes=wanted, window=window, stride=stride, batch=batch, progress=update)

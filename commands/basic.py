@@ -9,8 +9,9 @@ import typer
 import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
+from commands.outputs import check_array_output, save_array
 from commands.common import (
-    Device, DeviceOpt, Weights, shape_text, class_label, class_names_for, command, input_hw, load_model,
+    ClassIndex, Device, DeviceOpt, SaveArray, Weights, shape_text, class_label, class_names_for, command, input_hw, load_model,
     require_classifier,
     resolve_class, resolve_layer,
 )
@@ -31,7 +32,7 @@ def info(
     """The network layer by layer: kind, output shape, parameters; totals and where it came from."""
     model = load_model(weights, device)
     hw = input_hw(model, size)
-    rows = model.summary(input_size=hw)
+    rows = model.summary_rows(input_size=hw)
     if layer:
         wanted = [resolve_layer(model, name) for name in layer]
         rows = [row for row in rows if row[0] in wanted]
@@ -66,20 +67,24 @@ def predict(
         Optional[str],
         typer.Option("--class", "-c", help="Also show this class (index or name)."),
     ] = None,
+    class_index: ClassIndex = None,
+    array_path: SaveArray = None,
 ):
     """The top classes for each image, as Keras' VGG16 example: resize to 224x224, caffe-preprocess."""
     if top < 1:
         raise ConvscopeError(f"--top {top}: give at least 1")
     from engine.images import resize_image
 
-    pictures = [load_image(path) for path in images]  # bad images fail before the slow load
+    pictures = [load_image(path, min_side=1) for path in images]  # resized to 224; bad images fail first
+    check_array_output(array_path)
     model = load_model(weights, device, need_top=True)
     require_classifier(model, "predict")
     height, width = (s or 224 for s in model.input_shape[:2])
     batch = np.stack([resize_image(picture, (width, height)) for picture in pictures])
     probabilities = model.predict(engine.preprocess_input(batch))
+    save_array(array_path, probabilities)
     n_classes = probabilities.shape[1]
-    names = class_names_for(n_classes)
+    names = class_names_for(n_classes, model, class_index)
     wanted = resolve_class(klass, n_classes, names) if klass is not None else None
     top = min(top, n_classes)
     for path, p in zip(images, probabilities):

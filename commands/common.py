@@ -3,6 +3,8 @@ progress bar, and reading the user's inputs (weights, images, layers, classes)."
 
 import contextlib
 import functools
+import importlib
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -21,10 +23,27 @@ from engine.images import load_image
 # from typer's own exceptions so that both work.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 _NoArgsIsHelp = getattr(sys.modules[_ClickException.__module__], "NoArgsIsHelpError", ())
+_click_globals = importlib.import_module(_ClickException.__module__.rsplit(".", 1)[0] + ".globals")
+
+
+def command_name() -> str:
+    """The name of the running command ('saliency'), for messages."""
+    context = _click_globals.get_current_context(silent=True)
+    return getattr(context, "info_name", None) or "this command"
 
 
 class _OneLineErrors(TyperGroup):
-    """Usage errors as one ``error: ...`` line (Typer's default is a multi-line panel)."""
+    """Usage errors as one ``error: ...`` line (Typer's default is a multi-line panel); flags
+    (bool options) shown in ``--help`` without a ``<bool>`` value they do not take."""
+
+    def get_command(self, ctx, name):
+        found = super().get_command(ctx, name)
+        if found is not None:
+            _plain_flags(found.get_params(ctx))
+        return found
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -45,6 +64,13 @@ class _OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _plain_flags(params):
+    for param in params:
+        if getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
+            param.metavar = ""
+    return params
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -62,6 +88,7 @@ def command(*args, **kwargs):
         @functools.wraps(function)
         def run(*a, **kw):
             try:
+                check_finite(kw)
                 return function(*a, **kw)
             except ConvscopeError as exc:
                 _print_error(str(exc))
@@ -74,6 +101,18 @@ def command(*args, **kwargs):
         return function
 
     return mark
+
+
+def check_finite(values: dict) -> None:
+    """A one-line error for any float option that is NaN or infinite (before any work)."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = "--" + name.replace("_", "-")
+            context = _click_globals.get_current_context(silent=True)
+            for param in getattr(getattr(context, "command", None), "params", ()):
+                if param.name == name and param.opts:
+                    flag = max(param.opts, key=len)
+            raise ConvscopeError(f"{flag} {value}: give a finite number")
 
 
 def register(app: typer.Typer, functions) -> typer.Typer:
@@ -208,17 +247,46 @@ def read_images(paths, size=None) -> np.ndarray:
 
 
 def resolve_layer(model, name: str) -> str:
-    """A layer name the model has (or 'logits'); a one-line error naming the layers otherwise."""
-    model.layer_index(name)
-    return name
+    """A layer name the model has (or 'logits' when it has a classifier); a one-line error
+    naming the layers otherwise."""
+    from engine.model import LOGITS
+
+    if model.has_classifier or (name != LOGITS and name in model.layer_names):
+        model.layer_index(name)  # the engine's error names every layer, and 'logits'
+        return name
+    why = f"{model.path} has no classifier, so no 'logits'" if name == LOGITS else f"unknown layer {name!r}"
+    raise ConvscopeError(f"{why}: this network has {', '.join(model.layer_names)}")
 
 
-def class_names_for(n_classes: int):
-    """The ImageNet class names when available and they fit the classifier, else None."""
+ClassIndex = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--class-index",
+        help="ImageNet class names (Keras' imagenet_class_index.json). Default: $CONVSCOPE_CLASS_INDEX, "
+        "the file beside --weights, then the Keras cache (offering a download).",
+        show_default=False,
+    ),
+]
+
+
+def class_names_for(n_classes: int, model=None, class_index: Optional[Path] = None):
+    """The ImageNet class names when available and they fit the classifier, else None: from
+    ``class_index``, $CONVSCOPE_CLASS_INDEX, ``imagenet_class_index.json`` beside the model's
+    weights file, the Keras cache, or a download (offered at a terminal; a failure is noted)."""
+    import os
+
     from engine import resources
 
-    names = resources.load_class_names(download=_download_offer())
-    return names if names is not None and len(names) == n_classes else None
+    beside = None if model is None or model.path is None else Path(model.path).parent / resources.CLASS_INDEX_FILE
+    if class_index is None and not os.environ.get(resources.CLASS_INDEX_ENV) and beside is not None and beside.is_file():
+        class_index = beside
+    names = resources.load_class_names(class_index, download=_download_offer(),
+                                       report=lambda message: typer.echo(f"note: {message}", err=True))
+    if names is not None and len(names) != n_classes:
+        typer.echo(f"note: the class index has {len(names)} classes, the classifier {n_classes}: "
+                   "showing class numbers", err=True)
+        return None
+    return names
 
 
 def resolve_class(value: str, n_classes: int, names=None) -> int:
@@ -243,13 +311,14 @@ def resolve_class(value: str, n_classes: int, names=None) -> int:
     raise ConvscopeError(f"unknown class {value!r}: give a class index 0 to {n_classes - 1} or an ImageNet class name")
 
 
-def explained_class(model, klass: Optional[str]):
+def explained_class(model, klass: Optional[str], class_index: Optional[Path] = None):
     """(class names or None, the --class index or None: each image's top class) for a command that
     explains one class; a one-line error for a file without the classifier."""
-    from engine.viz.cam import n_classes
+    from engine.viz.attribution.base import n_classes
 
+    require_classifier(model, command_name())
     width = n_classes(model)
-    names = class_names_for(width)
+    names = class_names_for(width, model, class_index)
     return names, (resolve_class(klass, width, names) if klass is not None else None)
 
 

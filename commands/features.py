@@ -14,8 +14,9 @@ from commands.common import (
     Device, DeviceOpt, Out, Overwrite, SaveArray, Seed, Weights, shape_text, command, load_model,
     progress, resolve_layer,
 )
-from commands.outputs import check_array_output, check_output, save_array, save_image
-from commands.pictures import activation_picture
+from commands.outputs import check_array_output, check_output, save_array, save_image, write_output
+from commands.limits import FLOAT32, check_memory, check_side, network_bytes
+from commands.pictures import activation_picture, activation_zoom
 
 
 @command()
@@ -31,15 +32,15 @@ def filters(
         Optional[str],
         typer.Option("--filters", help="Show these filters in this order instead, e.g. 0-63 or 3,7,9.", show_default=False),
     ] = None,
-    step_size: Annotated[float, typer.Option("--step-size", help="Step along the RMS-normalised gradient.")] = 1.0,
+    step_size: Annotated[float, typer.Option("--step-size", min=0, max=1000, help="Step along the RMS-normalised gradient.")] = 1.0,
     batch: Annotated[int, typer.Option("--batch", help="Filters optimised together (memory grows with it).")] = 32,
     jitter: Annotated[int, typer.Option("--jitter", help="Random shift of up to this many pixels per step.")] = 0,
-    scale: Annotated[float, typer.Option("--scale", help="Random rescaling by up to this fraction per step, e.g. 0.05.")] = 0.0,
-    rotate: Annotated[float, typer.Option("--rotate", help="Random rotation by up to this many degrees per step.")] = 0.0,
-    tv: Annotated[float, typer.Option("--tv", help="Total-variation penalty weight (per input value).")] = 0.0,
-    l2: Annotated[float, typer.Option("--l2", help="L2 penalty weight around gray (per input value).")] = 0.0,
-    upscale_steps: Annotated[int, typer.Option("--upscale-steps", help="Progressive upscaling stages (0: off).")] = 0,
-    upscale_factor: Annotated[float, typer.Option("--upscale-factor", help="Upscaling factor between stages.")] = 1.2,
+    scale: Annotated[float, typer.Option("--scale", min=0, max=0.9, help="Random rescaling by up to this fraction per step, e.g. 0.05.")] = 0.0,
+    rotate: Annotated[float, typer.Option("--rotate", min=0, max=180, help="Random rotation by up to this many degrees per step.")] = 0.0,
+    tv: Annotated[float, typer.Option("--tv", min=0, max=1e6, help="Total-variation penalty weight (per input value).")] = 0.0,
+    l2: Annotated[float, typer.Option("--l2", min=0, max=1e6, help="L2 penalty weight around gray (per input value).")] = 0.0,
+    upscale_steps: Annotated[int, typer.Option("--upscale-steps", min=0, max=20, help="Progressive upscaling stages (0: off).")] = 0,
+    upscale_factor: Annotated[float, typer.Option("--upscale-factor", min=1, max=4, help="Upscaling factor between stages.")] = 1.2,
     margin: Annotated[int, typer.Option("--margin", help="Pixels between pictures.")] = 5,
     param: Annotated[
         str, typer.Option("--param", help="Image parameterisation: pixel (the Keras example) or fft (Lucid's 1/f spectrum).")
@@ -58,11 +59,13 @@ def filters(
         typer.Option("--direction-from", help="For --objective direction: the photo whose mean activation at the layer "
                      "is the direction.", show_default=False),
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Pictures per filter (or of the direction).")] = 1,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=1024, help="Pictures per filter (or of the direction).")] = 1,
     diversity: Annotated[
-        float, typer.Option("--diversity", help="Weight of Lucid's diversity penalty between a filter's samples.")
+        float, typer.Option("--diversity", min=0, max=1e6, help="Weight of Lucid's diversity penalty between a filter's samples.")
     ] = 0.0,
-    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate for --param fft / --decorrelate.")] = 0.05,
+    lr: Annotated[
+        float, typer.Option("--lr", min=0, max=100, help="Adam's learning rate for --param fft / --decorrelate.")
+    ] = 0.05,
     whole_layer: Annotated[
         bool, typer.Option("--all", help="Every channel of the layer: an atlas PNG and an HTML page, resumable.")
     ] = False,
@@ -83,6 +86,7 @@ def filters(
 
     if grid < 1 or margin < 0:
         raise ConvscopeError(f"--grid {grid} must be at least 1 and --margin {margin} not negative")
+    check_side(size, "--size")
     if param not in ("pixel", "fft") or objective not in OBJECTIVES:
         raise ConvscopeError(f"--param {param} / --objective {objective}: use pixel or fft / {', '.join(OBJECTIVES)}")
     if (objective == "direction") != (direction_from is not None):
@@ -102,6 +106,12 @@ def filters(
     check_array_output(array_path, overwrite)
     model = load_model(weights, device)
     resolve_layer(model, layer)
+    final = check_side(round(size * upscale_factor ** upscale_steps), "--size after --upscale-steps")
+    together = max(1, min(batch, scan if indices is None else len(indices) * samples))
+    shown = (min(grid * grid, scan) if indices is None else len(indices)) * samples
+    pictures = 3 * FLOAT32 * final * final * shown + 3 * (final + margin) ** 2 * shown
+    check_memory(network_bytes(model, (final, final), together, layer) + pictures,
+                 f"filters of {layer} at {final} px, {together} at a time", "lower --size or --batch")
     direction = None
     if photo is not None:
         from engine.images import resize_image
@@ -198,6 +208,13 @@ def show_weights(
     check_array_output(array_path, overwrite)
     model = load_model(weights, device)
     resolve_layer(model, layer)
+    kernel = model.layers[model.layer_index(layer)].kernel
+    if kernel is None:
+        raise ConvscopeError(f"layer {layer!r} has no kernels: give a convolution layer")
+    tiles = min(max_filters or kernel.shape[-1], kernel.shape[-1]) * (
+        1 if kernel.shape[2] == 3 else min(max_inputs or kernel.shape[2], kernel.shape[2]))
+    pixels = tiles * (kernel.shape[0] * zoom + margin) * (kernel.shape[1] * zoom + margin)
+    check_memory(pixels * 3 * (1 + 2 * 8), f"the kernels of {layer} at --zoom {zoom}", "lower --zoom, --max or --max-inputs")
     view = view_kernels(
         model, layer, max_filters=max_filters, max_inputs=max_inputs, zoom=zoom, margin=margin,
         columns=columns, channel_order="rgb" if rgb else "bgr", normalize=normalize,
@@ -223,32 +240,44 @@ def activations(
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for the pictures, one PNG per layer (created if missing).")
+        Path, typer.Option("--out", "-o", help="Folder for the pictures, one PNG per layer (created if missing, as for every output).")
     ] = Path("activations"),
     overwrite: Overwrite = False,
+    array_path: Annotated[
+        Optional[Path],
+        typer.Option("--save-array", help="Also save every layer's activations, (H, W, C) float32, in one .npz file.",
+                     show_default=False),
+    ] = None,
 ):
     """What each channel of a layer sees in a photo: every channel a tile, 16 per row, one PNG per layer."""
     from engine.images import resize_image
     from engine.viz.activations import activation_maps, default_layers
 
-    if size < 1:
-        raise ConvscopeError(f"--size {size}: give a positive number of pixels")
-    photo = load_image(image)  # a bad image fails before the slow load
+    check_side(size, "--size")
+    photo = load_image(image, min_side=1)  # resized to --size; a bad image fails before the slow load
     if out.exists() and not out.is_dir():
         raise ConvscopeError(f"{out}: is a file; --out names a folder")
-    if not out.exists() and not out.absolute().parent.is_dir():
-        raise ConvscopeError(f"{out}: folder {out.absolute().parent} does not exist (create it first)")
+    check_output(out / "layer.png", overwrite=True)  # the folders on the way can be made
+    if array_path is not None:
+        check_output(array_path, overwrite, suffixes={".npz"})
     model = load_model(weights, device)
     names = [n.strip() for n in layers.split(",") if n.strip()] if layers is not None else default_layers(model)
     names = list(dict.fromkeys(resolve_layer(model, name) for name in names))
     if not names:
         raise ConvscopeError("--layers names no layer: give names like block1_conv1,block2_pool")
+    deepest = max(names, key=model.layer_index)
+    shapes = dict(zip(model.layer_names, model.output_shapes((size, size), upto=model.layer_index(deepest))))
+    tiles = sum(int(np.prod(shapes[n])) * activation_zoom(min(shapes[n][:2])) ** 2 for n in names if len(shapes[n]) == 3)
+    check_memory(network_bytes(model, (size, size), 1, deepest, backward=False) + tiles * (3 + FLOAT32),
+                 f"activations at --size {size}", "lower --size")
     paths = {name: out / f"{name}.png" for name in names}
     if out.is_dir():
         for path in paths.values():
             check_output(path, overwrite)
     maps = activation_maps(model, engine.preprocess_input(resize_image(photo, (size, size))), names)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if array_path is not None:
+        write_output(array_path, lambda file: np.savez(file, **{n: maps[n][0] for n in names}), overwrite)
     with progress("writing pictures", total=len(names)) as update:
         for done, name in enumerate(names, start=1):
             a = maps[name][0]

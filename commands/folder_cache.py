@@ -3,9 +3,15 @@
 Dataset commands (neighbors, embed, patches) read a folder recursively. Each per-image array
 they need (features of a layer, channel maxima, small pixel copies, thumbnails) is kept on disk,
 one .npy per image, in a folder named by a hash of everything the array depends on: the weights
-file's identity (size, first and last MiB), the layer, the pooling, the input size, and the
-image file's contents. A second call on the same folder runs no forward pass; a changed file is
-recomputed (its hash changes). Files are written atomically and read without pickles.
+file's full contents (hashed once and remembered in ``weights-digests.json`` by path, size and
+mtime), the layer, the pooling, the input size, and the image file's contents. A second call on
+the same folder runs no forward pass; a changed image or weights file is recomputed (its hash
+changes), and so is an entry that is damaged or of another shape or type than the array it
+stands for. Files are written atomically and read without pickles.
+
+The cache lives in ``--cache-dir``, else $XDG_CACHE_HOME/convscope, else ~/.cache/convscope;
+deleting that folder clears it, and ``--no-cache`` neither reads nor writes it. For folders of
+many thousands of images, ``features --store`` (a Zarr store filled on Dask) replaces it.
 """
 
 import contextlib
@@ -22,7 +28,8 @@ from engine.images import load_image
 from commands.common import one_line, progress
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: weights keyed by their full contents
+WEIGHTS_MEMO = "weights-digests.json"
 PIXEL_SIDE = 32  # pixel space for neighbours: the images at 32 x 32, RGB values in [0, 1]
 
 
@@ -62,23 +69,17 @@ def _blake(*chunks: bytes) -> str:
 
 def file_digest(path: Path) -> str:
     """Hash of a file's contents."""
-    import hashlib
+    from engine.scale.digest import file_digest as digest
 
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return digest(path)
 
 
-def weights_identity(path: Path) -> str:
-    """Hash of a weights file's size, first MiB and last MiB: cheap, and survives copies."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as file:
-        head = file.read(1 << 20)
-        file.seek(max(0, size - (1 << 20)))
-        tail = file.read()
-    return _blake(str(size).encode(), head, tail)
+def weights_identity(path: Path, root: Optional[Path]) -> str:
+    """Hash of a weights file's whole contents, remembered in ``root``'s memo (path, size, mtime)
+    so that a large file is read once; ``root`` None (no cache): not needed, not computed."""
+    from engine.scale.digest import remembered_digest
+
+    return "" if root is None else remembered_digest(path, Path(root) / WEIGHTS_MEMO)
 
 
 class FeatureCache:
@@ -88,13 +89,17 @@ class FeatureCache:
         self.folder = None if root is None else Path(root) / _blake(repr((CACHE_VERSION, *what)).encode())
         self.failed = False
 
-    def get(self, digest: str) -> Optional[np.ndarray]:
+    def get(self, digest: str, shape=None, dtype=None) -> Optional[np.ndarray]:
+        """The entry, or None when it is missing, damaged, or not of ``shape`` and ``dtype``."""
         if self.folder is None:
             return None
         try:
-            return np.load(self.folder / f"{digest}.npy", allow_pickle=False)
+            array = np.load(self.folder / f"{digest}.npy", allow_pickle=False)
         except (OSError, ValueError, EOFError):  # missing or damaged: compute it again
             return None
+        if (shape is not None and array.shape != tuple(shape)) or (dtype is not None and array.dtype != np.dtype(dtype)):
+            return None
+        return array
 
     def put(self, digest: str, array: np.ndarray) -> None:
         if self.folder is None or self.failed:
@@ -116,10 +121,11 @@ class FeatureCache:
 
 class PerImage:
     """One array per image: ``compute`` maps uint8 RGB images (B, h, w, 3) at ``size`` =
-    (width, height) to (B, ...); results live in ``cache``."""
+    (width, height) to (B,) + ``shape`` of ``dtype``; results live in ``cache``."""
 
-    def __init__(self, cache: FeatureCache, size, compute: Callable):
+    def __init__(self, cache: FeatureCache, size, compute: Callable, shape, dtype):
         self.cache, self.size, self.compute = cache, (int(size[0]), int(size[1])), compute
+        self.shape, self.dtype = tuple(int(v) for v in shape), np.dtype(dtype)
 
 
 class Gathered:
@@ -150,7 +156,7 @@ def gather(paths, wanted: dict, batch: int = 16, description: str = "images", st
             skipped.add(index)
             continue
         for name, item in wanted.items():
-            results[name][index] = item.cache.get(digests[index])
+            results[name][index] = item.cache.get(digests[index], item.shape, item.dtype)
         if any(results[name][index] is None for name in wanted):
             missing.append(index)
     with progress(f"reading {description}", total=len(missing)) as update:
@@ -195,8 +201,11 @@ def cache_root(cache_dir: Optional[Path], no_cache: bool) -> Optional[Path]:
 def feature_source(model, root, layer: str, pooling: str, hw, batch: int) -> PerImage:
     from engine.viz.dataset import image_features
 
-    cache = FeatureCache(root, "features", weights_identity(model.path), layer, pooling, tuple(hw))
-    return PerImage(cache, (hw[1], hw[0]), lambda images: image_features(model, images, layer, pooling, batch))
+    shape = model.output_shapes(tuple(hw), upto=model.layer_index(layer))[-1]
+    width = shape[-1] if len(shape) == 1 or pooling == "avg" else int(np.prod(shape))
+    cache = FeatureCache(root, "features", weights_identity(model.path, root), layer, pooling, tuple(hw))
+    return PerImage(cache, (hw[1], hw[0]), lambda images: image_features(model, images, layer, pooling, batch),
+                    (width,), np.float32)
 
 
 def maxima_source(model, root, layer: str, hw, batch: int) -> PerImage:
@@ -208,8 +217,9 @@ def maxima_source(model, root, layer: str, hw, batch: int) -> PerImage:
         values, positions = image_channel_maxima(model, images, layer, batch)
         return np.concatenate([values[:, None, :].astype(np.float64), positions.transpose(0, 2, 1).astype(np.float64)], axis=1)
 
-    cache = FeatureCache(root, "channel-maxima", weights_identity(model.path), layer, tuple(hw))
-    return PerImage(cache, (hw[1], hw[0]), maxima)
+    channels = model.output_shapes(tuple(hw), upto=model.layer_index(layer))[-1][-1]
+    cache = FeatureCache(root, "channel-maxima", weights_identity(model.path, root), layer, tuple(hw))
+    return PerImage(cache, (hw[1], hw[0]), maxima, (3, channels), np.float64)
 
 
 def unpack_maxima(packed: np.ndarray):
@@ -219,4 +229,4 @@ def unpack_maxima(packed: np.ndarray):
 
 def picture_source(root, side: int) -> PerImage:
     """The images themselves at side x side (uint8): pixel vectors and thumbnails."""
-    return PerImage(FeatureCache(root, "pixels", side), (side, side), lambda images: images)
+    return PerImage(FeatureCache(root, "pixels", side), (side, side), lambda images: images, (side, side, 3), np.uint8)

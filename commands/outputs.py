@@ -2,8 +2,10 @@
 unless --overwrite is given; and the small picture compositions the commands share (titles, rows)."""
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,7 +18,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 
 def check_output(path: Path, overwrite: bool = False, suffixes=IMAGE_SUFFIXES) -> Path:
-    """Check up front (before any long computation) that ``path`` can be written."""
+    """Check up front (before any long computation) that ``path`` can be written. The one rule
+    for folders: those the path needs are created when the file is written (never before)."""
     path = Path(path)
     if path.is_dir():
         raise ConvscopeError(f"{path}: is a directory; give a file name")
@@ -24,24 +27,28 @@ def check_output(path: Path, overwrite: bool = False, suffixes=IMAGE_SUFFIXES) -
         raise ConvscopeError(
             f"{path}: unsupported output type '{path.suffix}' (use {', '.join(sorted(suffixes))})"
         )
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConvscopeError(f"{path}: folder {parent} does not exist (create it first)")
+    parent = path.absolute().parent
+    existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConvscopeError(f"{path}: {existing} is a file, not a folder")
     if path.exists() and not overwrite:
         raise ConvscopeError(f"{path}: already exists (pass --overwrite to replace it)")
-    if not os.access(parent, os.W_OK):
-        raise ConvscopeError(f"{path}: folder {parent} is not writable")
+    if not os.access(existing, os.W_OK):
+        raise ConvscopeError(f"{path}: folder {existing} is not writable")
     return path
 
 
 def write_output(path: Path, write: Callable, overwrite: bool = False) -> Path:
-    """Write a file atomically: ``write(binary_file)`` fills a temporary file in the same folder,
-    which then replaces ``path`` in one step. Without ``overwrite`` an existing file is never
+    """Write a file atomically: ``write(binary_file)`` fills a temporary file in the same folder
+    (``.NAME.PID.xxxx.part``; stale ones from killed runs are removed first), which then replaces
+    ``path`` in one step. Without ``overwrite`` an existing file is never
     replaced, even one created meanwhile (hard link, which fails if the name exists). On any
     failure, or Ctrl-C, the temporary file is removed and ``path`` is untouched.
     """
     path = check_output(path, overwrite, suffixes=None)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(path)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
@@ -65,6 +72,32 @@ def write_output(path: Path, write: Callable, overwrite: bool = False) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     return path
+
+
+STALE_PART_SECONDS = 3600.0
+
+
+def remove_stale_parts(path: Path) -> None:
+    """Remove the temporary files (``.NAME.PID.xxxx.part``) that earlier writes of ``path`` left
+    when they were killed: those whose process is gone, and any older than STALE_PART_SECONDS."""
+    for part in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*.part"):
+        pid = part.name[len(Path(path).name) + 2:].split(".", 1)[0]
+        try:
+            old = time.time() - part.stat().st_mtime > STALE_PART_SECONDS
+            if old or (pid.isdigit() and not _running(int(pid))):
+                part.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def save_image(path: Path, rgb: np.ndarray, overwrite: bool = False) -> Path:

@@ -17,9 +17,10 @@ import typer
 import engine
 from engine.images import load_image
 from commands.common import (
-    ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_text, command, explained_class,
+    ClassIndex, ClassOpt, Device, DeviceOpt, Overwrite, Seed, Weights, class_label, class_text, command, explained_class,
     load_model, network_input, progress, require_classifier, shape_text,
 )
+from commands.limits import DEFAULT_MAX_LOSS, DEFAULT_MAX_SIDE, shrink_to
 from commands.outputs import check_output, write_text
 from commands.pictures import activation_picture, heatmap_picture, occlusion_unit, saliency_picture
 
@@ -108,20 +109,21 @@ def report(
         Optional[Path], typer.Option("--out", "-o", help="Output HTML file (default <image>_report.html).", show_default=False)
     ] = None,
     overwrite: Overwrite = False,
+    class_index: ClassIndex = None,
 ):
     """One self-contained HTML page about a photo: predictions, Grad-CAM, saliency, occlusion, activations, a dream."""
     from engine.viz.activations import activation_maps, default_layers as activation_layers
     from engine.viz.attribution import attribute
     from engine.viz.dream import deep_dream, default_layers as dream_layers
-    from engine.viz.gradcam import grad_cam
-    from engine.viz.occlusion import occlusion as occlusion_map
+    from engine.viz.attribution.gradcam import grad_cam
+    from engine.viz.attribution.occlusion import occlusion as occlusion_map
 
     settings = FAST if fast else FULL
     photo = load_image(image)  # a bad image fails before the slow load
     out = check_output(out if out is not None else Path(f"{image.stem}_report.html"), overwrite, suffixes=HTML_SUFFIXES)
     model = load_model(weights, device, need_top=True)
     require_classifier(model, "report")
-    names, wanted = explained_class(model, klass)
+    names, wanted = explained_class(model, klass, class_index)
     x = network_input(photo, model)
     start = time.perf_counter()
     sections, timings = [], {}
@@ -190,8 +192,10 @@ def report(
         began = time.perf_counter()
         chosen = dream_layers(model)
         octaves, steps = settings["dream_octaves"], settings["dream_steps"]
-        dreamt = deep_dream(model, engine.preprocess_input(photo), layers=chosen, octaves=octaves,
-                            octave_scale=settings["dream_octave_scale"], steps=steps, seed=seed)
+        dream_photo = shrink_to(photo, DEFAULT_MAX_SIDE)  # as dream's default --max-side
+        dreamt = deep_dream(model, engine.preprocess_input(dream_photo), layers=chosen, octaves=octaves,
+                            octave_scale=settings["dream_octave_scale"], steps=steps, seed=seed,
+                            max_loss=DEFAULT_MAX_LOSS)
         shown = ",".join(f"{name}={weight:g}" for name, weight in chosen.items())
         sections.append(section("dream", "DeepDream", figure(engine.deprocess(dreamt.images[0]),
                                                             f"{shown}; {octaves} octaves x {steps} steps")))

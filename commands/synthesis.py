@@ -1,5 +1,6 @@
 """Pictures made by optimisation: adversarial images, inversion, textures, DeepDream, class models."""
 
+import math
 import time
 from enum import Enum
 from pathlib import Path
@@ -12,10 +13,14 @@ import engine
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from commands.common import (
-    Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, class_label, class_names_for,
+    ClassIndex, Device, DeviceOpt, Out, Overwrite, SaveArray, Score, Seed, Weights, class_label, class_names_for,
     command, load_model, require_classifier, progress, resolve_class, resolve_layer,
 )
+from commands.limits import (
+    DEFAULT_MAX_LOSS, DEFAULT_MAX_SIDE, check_memory, check_side, dream_bytes, network_bytes, shrink_to,
+)
 from commands.pictures import side_by_side, titled
+from engine.model import LOGITS
 from commands.outputs import (
     check_array_output, check_output, output_prefix, save_array, save_image,
 )
@@ -58,6 +63,8 @@ def fool(
         typer.Option("--out", "-o", help="Prefix: writes PREFIX.png, PREFIX_diff.png, PREFIX_compare.png (default <image>_fool).", show_default=False),
     ] = None,
     overwrite: Overwrite = False,
+    class_index: ClassIndex = None,
+    array_path: SaveArray = None,
 ):
     """Adversarial image: change a photo as little as possible until the network says --target."""
     from engine.images import resize_image
@@ -65,7 +72,7 @@ def fool(
 
     if method == FoolMethod.iterative and (steps < 1 or not 0 < confidence < 1):
         raise ConvscopeError(f"--steps {steps} must be at least 1 and --confidence {confidence} between 0 and 1")
-    photos = [load_image(path) for path in images]  # bad images fail before the slow load
+    photos = [load_image(path, min_side=1) for path in images]  # resized; bad images fail first
     n = max(len(photos), len(target))
     if len(photos) != n and len(photos) != 1 or len(target) != n and len(target) != 1:
         raise ConvscopeError(f"{len(images)} images and {len(target)} targets: give one target per image, or one of either")
@@ -76,11 +83,15 @@ def fool(
     for group in paths:
         for path in group.values():
             check_output(path, overwrite)
+    check_array_output(array_path, overwrite)
     model = load_model(weights, device, need_top=True)
+    require_classifier(model, "fool")
     n_classes = model.layers[-1].kernel.shape[1]
-    names = class_names_for(n_classes)
+    names = class_names_for(n_classes, model, class_index)
     targets = [resolve_class(t, n_classes, names) for t in target]
     targets = np.array(targets * n if len(targets) == 1 else targets)
+    check_memory(network_bytes(model, tuple(s or 224 for s in model.input_shape[:2]), n, LOGITS),
+                 f"fooling {n} images at once", "give fewer images or targets")
     height, width = (s or 224 for s in model.input_shape[:2])
     rgb = np.stack([resize_image(photos[0 if len(photos) == 1 else i], (width, height)) for i in range(n)])
     x = engine.preprocess_input(rgb)
@@ -116,6 +127,7 @@ def fool(
         for kind, picture in (("image", new_rgb[i]), ("diff", diff_picture), ("compare", compare)):
             save_image(paths[i][kind], picture, overwrite)
         typer.echo(f"  wrote {paths[i]['image']}, {paths[i]['diff'].name}, {paths[i]['compare'].name}")
+    save_array(array_path, result.images, overwrite)
     typer.echo(f"done in {elapsed:.1f} s on {model.device}")
 
 
@@ -135,6 +147,7 @@ def invert(
     seed: Seed = 0,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """Feature inversion (Mahendran & Vedaldi): what a layer still knows of the photo, one picture per layer."""
     from engine.images import resize_image
@@ -143,12 +156,16 @@ def invert(
 
     if size < 1 or steps < 1:
         raise ConvscopeError(f"--size {size} and --steps {steps} must be positive")
-    photo = load_image(image)
+    photo = load_image(image, min_side=1)  # resized to --size
     out = check_output(out if out is not None else Path(f"{image.stem}_invert.png"), overwrite)
+    check_array_output(array_path, overwrite)
     model = load_model(weights, device)
     names = block_layers(model) if layer == "all" else [resolve_layer(model, n.strip()) for n in layer.split(",") if n.strip()]
     if not names:
         raise ConvscopeError("--layer names no layer: give e.g. block4_conv1, a comma list, or 'all'")
+    check_side(size, "--size")
+    check_memory(network_bytes(model, (size, size), len(names), max(names, key=model.layer_index)),
+                 f"inverting {len(names)} layer(s) at --size {size}", "lower --size or invert fewer layers")
     rgb = resize_image(photo, (size, size))
     with progress(f"inverting {len(names)} layer(s)", total=steps) as update:
         result = invert_image(model, engine.preprocess_input(rgb), names, steps=steps, lr=lr,
@@ -160,6 +177,7 @@ def invert(
                    f"(feature term {result.feature_losses[i]:.4g}) in {len(result.losses)} steps")
     strip = side_by_side([titled(rgb, "original")] + [titled(p, n) for p, n in zip(pictures, result.layers)])
     save_image(out, strip, overwrite)
+    save_array(array_path, result.images, overwrite)
     typer.echo(f"wrote {out} ({strip.shape[1]}x{strip.shape[0]}: the photo and {len(names)} reconstruction(s))")
 
 
@@ -186,6 +204,7 @@ def texture(
     seed: Seed = 0,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """Gram-matrix texture synthesis (Gatys et al.), or style transfer with --content."""
     from engine.images import resize_image
@@ -195,14 +214,19 @@ def texture(
         raise ConvscopeError(f"--size {size} and --steps {steps} must be positive")
     if method == Optimizer.lbfgs:
         require_lbfgs()  # a missing scipy fails before any work
-    style_rgb = resize_image(load_image(image), (size, size))
-    content_rgb = resize_image(load_image(content), (size, size)) if content is not None else None
+    style_rgb = resize_image(load_image(image, min_side=1), (size, size))
+    content_rgb = resize_image(load_image(content, min_side=1), (size, size)) if content is not None else None
     default = f"{image.stem}_texture.png" if content is None else f"{content.stem}_as_{image.stem}.png"
     out = check_output(out if out is not None else Path(default), overwrite)
+    check_array_output(array_path, overwrite)
     model = load_model(weights, device)
     layers = [resolve_layer(model, n.strip()) for n in style_layers.split(",") if n.strip()] if style_layers else None
     if content_layer is not None:
         resolve_layer(model, content_layer)
+    check_side(size, "--size")
+    deepest = max(model.layer_names[: model.layer_index(LOGITS) + 1], key=lambda n: model.layer_index(n)
+                  if model.layers[model.layer_index(n)].kind == "conv2d" else -1)
+    check_memory(network_bytes(model, (size, size), 2, deepest), f"texture at --size {size}", "lower --size")
     with progress("texture", total=steps) as update:
         result = synthesize(
             model, engine.preprocess_input(style_rgb), content=None if content_rgb is None else engine.preprocess_input(content_rgb),
@@ -214,6 +238,7 @@ def texture(
     typer.echo(f"{result.method}: loss {losses[0]:.4g} -> {losses[-1]:.4g} in {len(losses)} network passes; "
                f"Gram layers {', '.join(result.style_layers)}" + (f"; content {result.content_layer}" if result.content_layer else ""))
     save_image(out, picture, overwrite)
+    save_array(array_path, result.images, overwrite)
     typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]})")
 
 
@@ -231,6 +256,8 @@ def parse_layer_weights(text: str) -> dict:
             layers[name.strip()] = float(weight) if weight.strip() else 1.0
         except ValueError:
             raise ConvscopeError(f"--layers: {item!r} is not NAME=WEIGHT (e.g. block4_conv3=1.0)") from None
+        if not math.isfinite(layers[name.strip()]) or abs(layers[name.strip()]) > 1e6:
+            raise ConvscopeError(f"--layers: the weight in {item!r} must be a finite number (at most 1e6)")
     if not layers:
         raise ConvscopeError("--layers names no layer: give e.g. block4_conv3=1.0,block5_conv1=0.5")
     return layers
@@ -248,17 +275,22 @@ def dream(
             show_default=False,
         ),
     ] = None,
-    octaves: Annotated[int, typer.Option("--octaves", help="Scales, smallest first, each octave-scale times larger.")] = 4,
-    octave_scale: Annotated[float, typer.Option("--octave-scale", help="Size ratio between octaves.")] = 1.4,
-    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps per octave.")] = 20,
+    octaves: Annotated[int, typer.Option("--octaves", min=1, max=20, help="Scales, smallest first, each octave-scale times larger.")] = 4,
+    octave_scale: Annotated[float, typer.Option("--octave-scale", min=1, max=4, help="Size ratio between octaves.")] = 1.4,
+    steps: Annotated[int, typer.Option("--steps", min=0, max=100_000, help="Gradient-ascent steps per octave.")] = 20,
     step_size: Annotated[
-        float, typer.Option("--step-size", help="Step along the mean-|g|-normalised gradient, in caffe units (0..255 scale).")
+        float, typer.Option("--step-size", min=0, max=1000, help="Step along the mean-|g|-normalised gradient, in caffe units (0..255 scale).")
     ] = 1.275,  # engine.viz.dream.DEFAULT_STEP_SIZE: Keras' 0.01 for [-1, 1] inputs, in caffe units
     max_loss: Annotated[
-        Optional[float], typer.Option("--max-loss", help="End an octave once its loss exceeds this.", show_default=False)
-    ] = None,
-    tile: Annotated[int, typer.Option("--tile", help="Compute gradients in windows of this many pixels (bounds memory).")] = 512,
-    roll: Annotated[int, typer.Option("--roll", help="Random circular shift of up to this many pixels per step (0: off).")] = 0,
+        float,
+        typer.Option("--max-loss", min=0, help="End an octave once its loss exceeds this, as the Keras example's "
+                     "max_loss: a guard against over-cooked, saturated colour (0: no guard)."),
+    ] = DEFAULT_MAX_LOSS,
+    max_side: Annotated[
+        int, typer.Option("--max-side", min=0, help="Dream on a copy of the photo shrunk to this longer side (0: full size).")
+    ] = DEFAULT_MAX_SIDE,
+    tile: Annotated[int, typer.Option("--tile", min=16, max=1 << 16, help="Compute gradients in windows of this many pixels (bounds memory).")] = 512,
+    roll: Annotated[int, typer.Option("--roll", min=0, max=1 << 16, help="Random circular shift of up to this many pixels per step (0: off).")] = 0,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
@@ -270,19 +302,36 @@ def dream(
     from engine.viz.dream import deep_dream, default_layers
 
     photo = load_image(image)  # a bad image fails before the slow load
+    chosen = parse_layer_weights(layers) if layers is not None else None
     out = check_output(out if out is not None else Path(f"{image.stem}_dream.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device)
-    chosen = parse_layer_weights(layers) if layers is not None else default_layers(model)
+    chosen = chosen if chosen is not None else default_layers(model)
+    for name in chosen:
+        if resolve_layer(model, name) == LOGITS:
+            raise ConvscopeError("--layers: dream raises the activations of layers; 'logits' is not one "
+                                 "(name a convolution layer, e.g. block4_conv3)")
+    notes = []
+    photo = shrink_to(photo, max_side, notes.append)
+    height, width = photo.shape[:2]
+    check_memory(dream_bytes(model, chosen, (height, width), tile), f"dreaming at {width}x{height}",
+                 "lower --max-side or --tile")
     shown = ",".join(f"{name}={weight:g}" for name, weight in chosen.items())
-    typer.echo(f"dreaming {image} ({photo.shape[1]}x{photo.shape[0]}) with {shown}")
+    announced = []
+
+    def announce():  # once the engine has accepted the settings (its checks come before step 1)
+        if not announced:
+            for line in notes + [f"dreaming {image} ({width}x{height}) with {shown}"]:
+                announced.append(typer.echo(line))
+
     start = time.perf_counter()
     with progress("dreaming", total=octaves * steps) as update:
         result = deep_dream(
             model, engine.preprocess_input(photo), layers=chosen, octaves=octaves, octave_scale=octave_scale,
-            steps=steps, step_size=step_size, max_loss=max_loss, tile=tile, roll=roll, seed=seed,
-            callback=lambda octave, step, loss: update(octave * steps + step + 1),
+            steps=steps, step_size=step_size, max_loss=max_loss or None, tile=tile, roll=roll, seed=seed,
+            callback=lambda octave, step, loss: announce() or update(octave * steps + step + 1),
         )
+    announce()
     for octave, (shape, losses) in enumerate(zip(result.shapes, result.losses), start=1):
         if len(losses):
             typer.echo(
@@ -320,13 +369,14 @@ def classmax(
     param: Annotated[str, typer.Option("--param", help="pixel (Yosinski's ascent) or fft (Lucid's 1/f spectrum, Adam).")] = "pixel",
     decorrelate: Annotated[bool, typer.Option("--decorrelate", help="Lucid's decorrelated colour space (Adam).")] = False,
     robust: Annotated[bool, typer.Option("--robust", help="With --param fft / --decorrelate: Lucid's jitter, scale, rotate.")] = False,
-    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate for --param fft / --decorrelate.")] = 0.05,
+    lr: Annotated[float, typer.Option("--lr", min=0, max=100, help="Adam's learning rate for --param fft / --decorrelate.")] = 0.05,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
     out: Out = None,
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
+    class_index: ClassIndex = None,
 ):
     """What the network thinks a class looks like: ascent on its score from noise (Yosinski et al. 2015)."""
     from engine.viz.classmax import class_model
@@ -335,8 +385,11 @@ def classmax(
     model = load_model(weights, device, need_top=True)
     require_classifier(model, "classmax")
     n_classes = model.layers[-1].kernel.shape[1]
-    names = class_names_for(n_classes)
+    names = class_names_for(n_classes, model, class_index)
     classes = [resolve_class(value, n_classes, names) for value in klass]
+    hw = tuple(s or 224 for s in model.input_shape[:2])
+    check_memory(network_bytes(model, hw, len(classes), LOGITS), f"class models of {len(classes)} classes",
+                 "ask for fewer --class values at once")
     default = "classmax_" + "_".join(str(k) for k in classes) + ".png"
     out = check_output(out if out is not None else Path(default), overwrite)
     check_array_output(array_path, overwrite)

@@ -200,8 +200,9 @@ def cuda_status() -> tuple[bool, str]:
     """(usable, reason): whether the CUDA backend can run here, and why not when it cannot."""
     try:
         cuda_kernels = importlib.import_module("kernels.cuda")
-    except ImportError as exc:
-        return False, f"the CUDA backend is not installed ({exc}); {CUDA_INSTALL_HINT}"
+    except ImportError as exc:  # kernels.cuda's own message already says what to install
+        advice = "" if "pip install" in str(exc) else f"; {CUDA_INSTALL_HINT}"
+        return False, f"the CUDA backend is not installed ({exc}){advice}"
     try:
         if cuda_kernels.is_available():
             return True, ""

@@ -24,7 +24,8 @@ neighbour, which aliases badly when a 4000-pixel photo becomes 224 pixels. Pass
 Every problem with the file is a one-line :class:`ConvscopeError` naming the file: missing, a
 directory, empty, not an image, corrupt or truncated, larger than PIL's ``MAX_IMAGE_PIXELS``
 (decompression-bomb guard; PIL's warning is treated as an error too), or smaller than 32x32 (VGG16
-pools five times by two: anything smaller has no block5 output).
+pools five times by two: anything smaller has no block5 output; ``min_side=1`` for callers that
+resize for the network). A broken EXIF block is ignored, without PIL's warning.
 """
 
 import os
@@ -42,8 +43,9 @@ _SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def load_image(path, size=None, resample: str = "bilinear") -> np.ndarray:
-    """Read the image at ``path`` as uint8 RGB (H, W, 3); optionally resize to (width, height)."""
+def load_image(path, size=None, resample: str = "bilinear", min_side: int = MIN_SIDE) -> np.ndarray:
+    """Read the image at ``path`` as uint8 RGB (H, W, 3); optionally resize to (width, height).
+    ``min_side``: the smallest side accepted (callers that resize for the network pass 1)."""
     path = os.fspath(path)
     _check_file(path)
     if resample not in _RESAMPLE:
@@ -51,10 +53,10 @@ def load_image(path, size=None, resample: str = "bilinear") -> np.ndarray:
     with _decode(path) as im:
         rgb = _to_rgb(path, im)
     height, width = rgb.shape[:2]
-    if width < MIN_SIDE or height < MIN_SIDE:
+    if width < min_side or height < min_side:
         raise ConvscopeError(
             f"{path}: image is {width}x{height}; the network needs at least "
-            f"{MIN_SIDE}x{MIN_SIDE} (use a larger image)"
+            f"{min_side}x{min_side} (use a larger image)"
         )
     if size is not None:
         rgb = resize_image(rgb, size, resample)
@@ -86,6 +88,7 @@ def _decode(path: str) -> Image.Image:
     im = None
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's "Corrupt EXIF data" and the like
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
             # Warning filters are process-wide state; check the size directly as well.
@@ -143,7 +146,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _to_rgb(path: str, im: Image.Image) -> np.ndarray:
     try:
-        im = ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():  # PIL warns "Corrupt EXIF data" on stderr: the EXIF is ignored
+            warnings.simplefilter("ignore")
+            im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block must not make a readable photo unusable: ignore it
         pass
     try:

@@ -48,20 +48,44 @@ class KerasLayer:
     flattens_chw: bool = False  # flatten: Keras flattens a channels_first tensor in (c, h, w) order
 
 
-def _pair(value, what):
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+MAX_SIZE = 1 << 20  # a filter count, unit count, kernel or pool side, or input side above this is absurd
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _pair(value, what, layer="?"):
+    """(a, b) of positive integers from an int or a pair, as Keras' kernel_size/pool_size/strides."""
+    if _whole(value):
+        value = (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_whole(v) and 1 <= v <= MAX_SIZE for v in value):
         return tuple(value)
-    raise ConvscopeError(f"model config: {what} {value!r} is not an integer or a pair of integers")
+    raise ConvscopeError(f"layer '{layer}': {what} {_shown(value)} is not a positive integer or a pair of them")
+
+
+def _positive(config, key, layer):
+    value = config.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not (_whole(value) and 1 <= value <= MAX_SIZE):
+        raise ConvscopeError(f"layer '{layer}': {key} is {_shown(value)}, expected a positive integer "
+                             f"up to {MAX_SIZE:,}")
+    return value
 
 
 def _activation(value, layer):
     if isinstance(value, dict):  # Keras 3 may serialise a function as {"class_name": ..., "config": "relu"}
-        value = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
-    if value not in _ACTIVATIONS:
+        named = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
+        value = named if isinstance(named, str) else value
+    if not (value is None or isinstance(value, str)) or value not in _ACTIVATIONS:
         raise ConvscopeError(
-            f"layer '{layer}' uses activation {value!r}; convscope supports relu, sigmoid, softmax, linear"
+            f"layer '{layer}' uses activation {_shown(value)}; convscope supports relu, sigmoid, softmax, linear"
         )
     return _ACTIVATIONS[value]
 
@@ -84,7 +108,8 @@ def _layer_entries(model_config):
             layers, model_name = config["layers"], config.get("name", "sequential")
         else:
             raise ConvscopeError("Sequential model config has no list of layers")
-        entries = [(lay.get("class_name"), lay.get("config") or {}, None) for lay in layers]
+        checked = [_entry(lay, i) for i, lay in enumerate(layers)]
+        entries = [(lay["class_name"], lay["config"], None) for lay in checked]
         if isinstance(config, dict) and config.get("build_input_shape") and entries:
             entries[0][1].setdefault("_build_input_shape", config["build_input_shape"])
         return entries, model_name
@@ -92,6 +117,7 @@ def _layer_entries(model_config):
         layers = config["layers"]
         entries = []
         for index, lay in enumerate(layers):
+            lay = _entry(lay, index)
             inbound = _inbound_names(lay)
             name = lay.get("name") or (lay.get("config") or {}).get("name")
             expected = [] if index == 0 else [layers[index - 1].get("name")]
@@ -100,7 +126,7 @@ def _layer_entries(model_config):
                     f"model '{config.get('name')}' is a {class_name} model whose layer '{name}' is not "
                     "fed by the layer before it; convscope runs plain chains of layers only"
                 )
-            entries.append((lay.get("class_name"), lay.get("config") or {}, inbound))
+            entries.append((lay["class_name"], lay["config"], inbound))
         return entries, config.get("name", "model")
     raise ConvscopeError(
         f"unsupported model class {class_name!r}; convscope reads Sequential models "
@@ -108,10 +134,21 @@ def _layer_entries(model_config):
     )
 
 
+def _entry(layer, index):
+    """A layer entry of the config, checked to be an object with a config object."""
+    if not isinstance(layer, dict):
+        raise ConvscopeError(f"model config: layer entry {index} is {_shown(layer)}, not an object "
+                             '({"class_name": ..., "config": {...}})')
+    config = layer.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConvscopeError(f"model config: layer entry {index} has config {_shown(config)}, not an object")
+    return {**layer, "class_name": layer.get("class_name"), "config": config}
+
+
 def _inbound_names(layer):
     """Names of the layers feeding ``layer`` in a Functional config (Keras 2 or Keras 3 format)."""
     nodes = layer.get("inbound_nodes") or []
-    if len(nodes) > 1:
+    if not isinstance(nodes, list) or len(nodes) > 1:
         return None  # a shared layer: not a chain
     names = []
 
@@ -137,8 +174,12 @@ def _inbound_names(layer):
 
 def _raw_input_shape(config):
     shape = config.get("batch_input_shape") or config.get("batch_shape") or config.get("_build_input_shape")
-    if shape is not None and len(shape) != 4:
-        raise ConvscopeError(f"model input shape {shape} is not an image batch (N, H, W, C)")
+    if shape is None:
+        return None
+    if not isinstance(shape, list) or len(shape) != 4 or not all(
+            d is None or (_whole(d) and 1 <= d <= MAX_SIZE) for d in shape[1:]):
+        raise ConvscopeError(f"model input shape {_shown(shape)} is not an image batch "
+                             "(N, H, W, C) of positive sizes")
     return shape
 
 
@@ -150,6 +191,8 @@ def parse_model_config(model_config):
     channels_first = False  # the data format of the tensor flowing between layers
     for class_name, config, _ in entries:
         name = config.get("name", "?")
+        if not isinstance(name, str):
+            raise ConvscopeError(f"model config: a {_shown(class_name)} layer has name {_shown(name)}, not a string")
         fmt = config.get("data_format")
         if fmt is not None and class_name not in ("Flatten",):
             channels_first = fmt == "channels_first"
@@ -161,7 +204,7 @@ def parse_model_config(model_config):
             if "filters" not in config:
                 raise _unsupported(class_name, name, "a Keras 1 config; re-save the model with Keras 2 or 3")
             for key, label in (("strides", "stride"), ("dilation_rate", "dilation")):
-                if _pair(config.get(key, 1), key) != (1, 1):
+                if _pair(config.get(key, 1), key, name) != (1, 1):
                     raise _unsupported(class_name, name, f"{label} {config[key]}; only 1 is supported")
             if config.get("groups", 1) != 1:
                 raise _unsupported(class_name, name, "grouped convolution")
@@ -170,14 +213,14 @@ def parse_model_config(model_config):
             layers.append(KerasLayer(
                 name, class_name, "conv2d", _activation(config.get("activation"), name),
                 padding=config.get("padding", "valid"),
-                kernel_size=_pair(config.get("kernel_size"), "kernel_size"),
-                filters=int(config["filters"]), use_bias=bool(config.get("use_bias", True)),
+                kernel_size=_pair(config.get("kernel_size"), "kernel_size", name),
+                filters=_positive(config, "filters", name), use_bias=bool(config.get("use_bias", True)),
                 channels_first=channels_first,
             ))
         elif class_name in _POOL:
-            pool = _pair(config.get("pool_size", 2), "pool_size")
+            pool = _pair(config.get("pool_size", 2), "pool_size", name)
             strides = config.get("strides")
-            if strides is not None and _pair(strides, "strides") != pool:
+            if strides is not None and _pair(strides, "strides", name) != pool:
                 raise _unsupported(class_name, name, f"strides {strides} differ from pool_size {list(pool)}")
             if config.get("padding", "valid") != "valid":
                 raise _unsupported(class_name, name, f"padding {config['padding']!r}; only 'valid'")
@@ -193,7 +236,7 @@ def parse_model_config(model_config):
         elif class_name == "Dense":
             layers.append(KerasLayer(
                 name, class_name, "dense", _activation(config.get("activation"), name),
-                filters=int(config["units"]), use_bias=bool(config.get("use_bias", True)),
+                filters=_positive(config, "units", name), use_bias=bool(config.get("use_bias", True)),
             ))
         elif class_name in ("Activation", "ReLU"):
             if class_name == "ReLU" and any(config.get(k) not in (None, 0, 0.0) for k in

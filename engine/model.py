@@ -9,6 +9,8 @@ backward needs (activation outputs for the ReLU/softmax/sigmoid backward, max-po
 llm.c does: no hidden tape. ``Trace.backward({layer: grad, ...})`` injects gradients at any set of
 layers (DeepDream sums several) and returns the gradient with respect to the input and, on
 request, to intermediate layer outputs (Grad-CAM). No weight gradients are ever computed.
+Each layer kind's forward/backward pair and geometry live in one table (``engine.layers``); the
+trace only walks the layers and hands gradients between them.
 
 Layer outputs and gradients live in one pool of the backend (``Backend.buffers``: one buffer per
 role and layer, grown to the largest input seen), reused by every pass, so a new trace
@@ -21,45 +23,18 @@ import os
 import numpy as np
 
 from kernels import RELU_MODES
+from engine import geometry
 from engine.backend import get_backend
 from engine.errors import ConvscopeError
+from engine.layers import ACTIVATIONS, LAYERS, Dense, layer_output_shape
 from engine.spec import NetworkSpec
 
 LOGITS = "logits"
 INPUT = "input"
 
-# "auto": each convolution takes the CPU backend's fastest algorithm, Winograd F(4x4)/F(2x2) for
-# 3x3 layers (per-layer relative error 1e-7 to 3.5e-6 against float64 on VGG16). "gemm": im2col +
-# GEMM only (2-4e-7, slower). Float32 trajectories of iterated ascents (dream, class models,
-# fooling) follow every rounding through ReLU and max-pool near-ties, so a stored float32-faithful
-# trajectory is reproduced only by the arithmetic that made it; both are correct convolutions.
+# CPU convolutions: "auto" takes the fastest algorithm per layer (Winograd for 3x3), "gemm" im2col +
+# GEMM only (docs/design.md, "Layers and geometry", on why both exist).
 CONV_ALGORITHMS = ("auto", "gemm")
-
-
-def conv_padding(spec):
-    """(top, left) zero padding of a conv layer: Keras 'same' pads (k - 1) // 2 before."""
-    if spec.padding == "same":
-        kh, kw = spec.kernel.shape[:2]
-        return ((kh - 1) // 2, (kw - 1) // 2)
-    return (0, 0)
-
-
-def layer_output_shape(spec, in_shape):
-    """Output shape (without batch) of one layer for an input shape (without batch)."""
-    if spec.kind == "conv2d":
-        h, w, _ = in_shape
-        kh, kw, _, c_out = spec.kernel.shape
-        if spec.padding == "valid":
-            h, w = h - kh + 1, w - kw + 1
-        return (h, w, c_out)
-    if spec.kind == "maxpool2d":
-        h, w, c = in_shape
-        return (h // spec.pool_size[0], w // spec.pool_size[1], c)
-    if spec.kind == "flatten":
-        return (int(np.prod(in_shape)),)
-    if spec.kind == "dense":
-        return (spec.kernel.shape[1],)
-    return tuple(in_shape)  # dropout: identity at inference
 
 
 class Model:
@@ -101,7 +76,7 @@ class Model:
 
     @property
     def has_classifier(self) -> bool:
-        return self.layers[-1].kind == "dense"
+        return isinstance(LAYERS[self.layers[-1].kind], Dense)
 
     @property
     def n_params(self) -> int:
@@ -109,48 +84,30 @@ class Model:
 
     def output_shapes(self, input_hw, upto=None) -> list[tuple]:
         """Per-layer output shapes (without batch) for an input of (H, W), up to layer index
-        ``upto`` (default: all); checks the size fits those layers."""
-        shape = (int(input_hw[0]), int(input_hw[1]), self.input_shape[2])
-        shapes = []
-        last = len(self.layers) - 1 if upto is None else upto
-        for layer in self.layers[: last + 1]:
-            new = layer_output_shape(layer, shape)
-            if layer.kind == "dense" and shape[0] != layer.kernel.shape[0]:
-                raise ConvscopeError(
-                    f"an input of {input_hw[0]}x{input_hw[1]} px gives {shape[0]} features but "
-                    f"layer {layer.name} expects {layer.kernel.shape[0]}: "
-                    f"use {self._fixed_size_hint()} input"
-                )
-            if len(new) == 3 and min(new[:2]) < 1:
-                raise ConvscopeError(
-                    f"an input of {input_hw[0]}x{input_hw[1]} px is too small for this network "
-                    f"(layer {layer.name} would be empty): use at least "
-                    f"{self.min_input_size()}x{self.min_input_size()} px"
-                )
-            shapes.append(new)
-            shape = new
-        return shapes
-
-    def _fixed_size_hint(self):
-        h, w = self.input_shape[:2]
-        return f"{h}x{w} px" if h else "a matching"
+        ``upto`` (default: all); a one-line error when the size does not fit those layers."""
+        return geometry.output_shapes(self.spec, input_hw, upto)
 
     def min_input_size(self) -> int:
         """Smallest square input for which no spatial layer is empty."""
-        size = 1
-        for layer in reversed(self.layers):
-            if layer.kind == "maxpool2d":
-                size *= layer.pool_size[0]
-            elif layer.kind == "conv2d" and layer.padding == "valid":
-                size += layer.kernel.shape[0] - 1
-        return size
+        return geometry.min_input_size(self.layers)
 
-    def summary(self, input_size=None) -> list[tuple]:
+    def summary_rows(self, input_size=None) -> list[tuple]:
         """Rows (name, kind, output shape, parameter count) for an input of (H, W)."""
         if input_size is None:
             input_size = self.input_shape[:2] if self.input_shape[0] else (224, 224)
         shapes = self.output_shapes(input_size)
         return [(l.name, l.kind, s, l.n_params) for l, s in zip(self.layers, shapes)]
+
+    def summary(self, input_size=None) -> str:
+        """The layers as a text table (name, kind, output shape, parameters) and the total, as
+        Keras' ``model.summary()`` shows them; ``summary_rows`` gives the same rows as tuples."""
+        rows = self.summary_rows(input_size)
+        width = max([len("layer")] + [len(row[0]) for row in rows])
+        lines = [f"{'layer':<{width}}  {'kind':<9}  {'output':<14}  {'params':>12}"]
+        for name, kind, shape, n_params in rows:
+            lines.append(f"{name:<{width}}  {kind:<9}  {'x'.join(map(str, shape)):<14}  {n_params:>12,}")
+        lines.append(f"total: {self.n_params:,} parameters ({self.n_params * 4 / 2**20:.1f} MiB as float32)")
+        return "\n".join(lines)
 
     def layer_index(self, name: str) -> int:
         """Index of a layer by name ('logits' is the last layer); a clear error when unknown."""
@@ -236,38 +193,16 @@ class Trace:
         self.generation = model._generation
         self.input = x
         self.last = last
-        ops, layers, buf = model.backend.ops, model.layers, model._buffer
         n = x.shape[0]
         self.outputs, self.argmax, self.logits = [], {}, None
-        shape_in = tuple(x.shape[1:])
         h = x
-        for i in range(last + 1):
-            spec = layers[i]
-            kernel, bias = model._params[i]
-            shape_out = layer_output_shape(spec, shape_in)
-            if spec.kind in ("conv2d", "dense"):
-                fused_relu = spec.activation == "relu"
-                out = buf("out", i, (n,) + shape_out)
-                if spec.kind == "conv2d":
-                    ops.conv2d_forward(h, kernel, bias, conv_padding(spec), fused_relu, out, **model._conv_options)
-                else:
-                    ops.dense_forward(h, kernel, bias, fused_relu, out)
-                if spec.activation in ("softmax", "sigmoid"):
-                    self.logits = out
-                    activated = buf("act", i, out.shape)
-                    getattr(ops, f"{spec.activation}_forward")(out, activated)
-                    out = activated
-                h = out
-            elif spec.kind == "maxpool2d":
-                out = buf("out", i, (n,) + shape_out)
-                argmax = buf("argmax", i, out.shape, np.int32)
-                ops.maxpool_forward(h, spec.pool_size, out, argmax)
-                self.argmax[i] = argmax
-                h = out
-            elif spec.kind == "flatten":
-                h = h.reshape((n,) + shape_out)
+        for i, spec in enumerate(model.layers[: last + 1]):
+            h = LAYERS[spec.kind].forward(self, i, spec, h, (n,) + layer_output_shape(spec, h.shape[1:]))
             self.outputs.append(h)
-            shape_in = shape_out
+
+    def layer_input(self, i):
+        """The input of layer i: the previous layer's output, or the network input."""
+        return self.outputs[i - 1] if i > 0 else self.input
 
     def _check_current(self):
         if self.generation != self.model._generation:
@@ -296,7 +231,6 @@ class Trace:
             raise ConvscopeError(f"unknown ReLU backward mode {relu!r}: use one of {', '.join(RELU_MODES)}")
         mode = RELU_MODES[relu]
         model, backend = self.model, self.model.backend
-        ops, layers, buf = backend.ops, model.layers, model._buffer
         injected = {}
         for name, g in grads.items():
             target = self.output(name)
@@ -306,10 +240,7 @@ class Trace:
                     f"{tuple(target.shape)}"
                 )
             injected[name] = backend.asarray(g)
-        wrt_index = {}
-        for name in wrt:
-            if name != INPUT:
-                wrt_index[model.layer_index(name)] = name
+        wrt_index = {model.layer_index(name): name for name in wrt if name != INPUT}
         start = max(model.layer_index(name) for name in injected)
         # without 'input' the pass can stop at the shallowest layer asked for
         stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)
@@ -317,38 +248,25 @@ class Trace:
         g = None
         slot = 0  # gradients alternate between two arenas: each is dead once used
         capacity = max(int(np.prod(h.shape)) for h in [self.input] + self.outputs[stop:start])
+
+        def new_gradient(shape):
+            nonlocal slot
+            slot ^= 1
+            return model._arena(slot, shape, capacity)
+
         for i in range(start, stop - 1, -1):
-            spec = layers[i]
+            spec = model.layers[i]
             g = self._inject(g, injected.get(spec.name), i)
             if i in wrt_index:
                 result[wrt_index[i]] = backend.copy(g) if g is not None else backend.zeros(self.outputs[i].shape)
                 if i == stop and INPUT not in wrt:
                     break
-            if spec.kind in ("conv2d", "dense"):
-                if g is not None:
-                    g = self._activation_backward(spec, i, g, mode)
-                if i == len(layers) - 1 and LOGITS in injected:
-                    g = self._inject(g, injected[LOGITS], i, role="glogit")
-                if g is None:
-                    continue
-                kernel = model._params[i][0]
-                h_in = self.outputs[i - 1] if i > 0 else self.input
-                slot ^= 1
-                g_in = model._arena(slot, h_in.shape, capacity)
-                if spec.kind == "conv2d":
-                    ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **model._conv_options)
-                else:
-                    ops.dense_backward_input(g, kernel, g_in)
-                g = g_in
-            elif spec.kind == "maxpool2d" and g is not None:
-                h_in = self.outputs[i - 1] if i > 0 else self.input
-                slot ^= 1
-                g_in = model._arena(slot, h_in.shape, capacity)
-                ops.maxpool_backward(g, self.argmax[i], spec.pool_size, g_in)
-                g = g_in
-            elif spec.kind == "flatten" and g is not None:
-                h_in = self.outputs[i - 1] if i > 0 else self.input
-                g = g.reshape(h_in.shape)
+            if g is not None:
+                g = ACTIVATIONS[spec.activation].backward(self, i, g, mode)
+            if i == len(model.layers) - 1 and LOGITS in injected:
+                g = self._inject(g, injected[LOGITS], i, role="glogit")
+            if g is not None:
+                g = LAYERS[spec.kind].backward(self, i, spec, g, new_gradient)
         if INPUT in wrt:
             result[INPUT] = backend.copy(g) if g is not None else backend.zeros(self.input.shape)
         return result
@@ -361,15 +279,3 @@ class Trace:
         if g is None:
             return backend.copy_into(addend, self.model._buffer(role, i, addend.shape))
         return backend.ops.axpy(1.0, addend, g)
-
-    def _activation_backward(self, spec, i, g, mode):
-        ops = self.model.backend.ops
-        y = self.outputs[i]
-        if spec.activation == "linear":
-            return g
-        if spec.activation == "relu":  # elementwise: in place (g is always this pass's buffer)
-            ops.relu_backward(g, y, mode, g)
-            return g
-        g_pre = self.model._buffer("gpre", i, g.shape)
-        getattr(ops, f"{spec.activation}_backward")(g, y, g_pre)
-        return g_pre

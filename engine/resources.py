@@ -3,8 +3,8 @@
 Resolution order: an explicit path, then an environment variable (``CONVSCOPE_WEIGHTS``,
 ``CONVSCOPE_CLASS_INDEX``), then the Keras cache (``$KERAS_HOME/models/`` or
 ``~/.keras/models/``), and only then, if the caller allows it, a download from the URL Keras itself
-uses. Downloads go to a temporary file in the cache folder, are checked against the published
-size and md5, and are then moved into place with ``os.replace``, so an interrupted or corrupt
+uses. Downloads go to a temporary file in the cache folder, stop at the published size (nothing
+past it is written), are checked against that size and the md5, and are then moved into place with ``os.replace``, so an interrupted or corrupt
 download leaves nothing behind. Nothing here prints: progress goes to a callback, questions to a
 ``confirm(prompt) -> bool`` callback, problems to a one-line ``ConvscopeError``.
 """
@@ -46,6 +46,21 @@ REMOTE_FILES = {
 }
 
 
+def available_memory() -> int:
+    """Bytes of memory this machine could give now (MemAvailable; else all physical memory)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 62
+
+
 def keras_cache_dir() -> pathlib.Path:
     """Where Keras caches downloaded files: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
     home = os.environ.get("KERAS_HOME")
@@ -85,12 +100,13 @@ def resolve_weights(path=None, need_top=False, download=None, progress=None) -> 
     return download_file(REMOTE_FILES[name], cache / name, progress, hint=hint)
 
 
-def load_class_names(path=None, download=None) -> list[str] | None:
+def load_class_names(path=None, download=None, report=None) -> list[str] | None:
     """The 1000 ImageNet class names (index order) from Keras' ``imagenet_class_index.json``.
 
     ``path`` (explicit) wins, then ``$CONVSCOPE_CLASS_INDEX``, then the Keras cache, then a download
     if ``download`` allows it. Returns None when no file is available (or the download fails), so
-    callers can show class indices instead; a file that exists but is corrupt is an error.
+    callers can show class indices instead; a failed download is passed to ``report(message)``
+    when given. A file that exists but is corrupt is an error.
     """
     if path is not None:
         found = _existing(path, "class index")
@@ -105,7 +121,9 @@ def load_class_names(path=None, download=None) -> list[str] | None:
                 return None
             try:
                 found = download_file(remote, found)
-            except ConvscopeError:
+            except ConvscopeError as exc:
+                if report is not None:
+                    report(f"no class names: {exc}")
                 return None
     return parse_class_index(found)
 
@@ -156,7 +174,13 @@ def download_file(remote: RemoteFile, dest, progress=None, hint=None, chunk=1 <<
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(remote.url, timeout=30) as response:
             total = remote.size or int(response.headers.get("Content-Length") or 0) or None
-            while block := response.read(chunk):
+            # Never write past the published size: ask for one byte more than is left, and stop there.
+            while block := response.read(chunk if remote.size is None else min(chunk, remote.size - done + 1)):
+                if remote.size is not None and done + len(block) > remote.size:
+                    raise ConvscopeError(
+                        f"download of {dest.name} is larger than the expected {remote.size} bytes "
+                        f"(a different file?); {hint}"
+                    )
                 out.write(block)
                 digest.update(block)
                 done += len(block)

@@ -10,15 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LAYER_KINDS = ("conv2d", "maxpool2d", "flatten", "dense", "dropout")
-ACTIVATIONS = ("linear", "relu", "sigmoid", "softmax")
-
 
 @dataclass
 class LayerSpec:
     name: str
-    kind: str  # one of LAYER_KINDS
-    activation: str = "linear"  # one of ACTIVATIONS (conv2d and dense only)
+    kind: str  # a key of engine.layers.LAYERS: conv2d, maxpool2d, flatten, dense, dropout
+    activation: str = "linear"  # a key of engine.layers.ACTIVATIONS (conv2d and dense only)
     kernel: np.ndarray | None = None
     bias: np.ndarray | None = None  # always present for conv2d/dense (zeros when use_bias=False)
     padding: str = "valid"  # conv2d: "same" or "valid"

@@ -18,48 +18,59 @@ kernels (n_in, n_out) fed by an (h, w, c) flatten, float32, C-contiguous. Theano
 kernels as (c_out, c_in, kh, kw) applied as true convolution (so they are transposed and flipped),
 and flattened channels-first tensors in (c, h, w) order (so the rows of the dense layer after the
 flatten are permuted). Every shape is validated; any problem is a one-line ``ConvscopeError``.
-Only h5py and ``json.loads`` touch the file: nothing is unpickled or evaluated.
+
+Every file is treated as hostile. libhdf5 runs only in a child process with time limits
+(``engine.h5_isolated``), which refuses external links, external raw storage, virtual datasets
+and filter plugins before any data is read; each dataset's shape, dtype and stored size are
+checked against what its layer needs before it is read; values are checked to be finite after the
+cast to float32. Nothing is unpickled or evaluated: the config is read with ``json.loads``.
 """
 
 import json
+import os
 import pathlib
-import re
+import stat
 
-import h5py
 import numpy as np
 
 from engine.architectures import VGG16_TOP_INPUT, vgg16_layers
 from engine.errors import ConvscopeError
+from engine.h5_isolated import IsolatedH5
 from engine.keras_config import KerasLayer, parse_model_config
+from engine.resources import available_memory
 from engine.spec import LayerSpec, NetworkSpec
+
+MAX_CONFIG_DEPTH = 100  # a Keras 3 model_config nests about 11 levels deep
+# A dataset may not declare more float32 bytes than this many times what it stores (plus 1 MiB):
+# trained weights hardly compress, so a larger ratio is a compression bomb (or unwritten data).
+MAX_COMPRESSION = 64
 
 
 def read_network(path) -> NetworkSpec:
     """The network stored in the Keras h5 file at ``path``, arrays in engine conventions."""
     path = pathlib.Path(path)
     label = f"weights file '{path}'"
-    if not path.exists():
-        raise ConvscopeError(f"{label} does not exist")
-    if path.is_dir():
-        raise ConvscopeError(f"{label} is a directory, not an h5 file")
-    if path.stat().st_size == 0:
-        raise ConvscopeError(f"{label} is empty (was a download interrupted?)")
-    if not h5py.is_hdf5(path):
-        raise ConvscopeError(f"{label} is not an HDF5 file (is it truncated or an HTML error page?)")
     try:
-        with h5py.File(path, "r") as f:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConvscopeError(f"{label} does not exist") from None
+    except OSError as exc:
+        raise ConvscopeError(f"{label} cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConvscopeError(f"{label} is a directory, not an h5 file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConvscopeError(f"{label} is not a regular file (a device, pipe or socket); give an h5 file")
+    if info.st_size == 0:
+        raise ConvscopeError(f"{label} is empty (was a download interrupted?)")
+    if not os.access(path, os.R_OK):
+        raise ConvscopeError(f"{label} cannot be read (permission denied)")
+    with IsolatedH5(path, label) as f:
+        try:
             return _read(f, label)
-    except ConvscopeError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        sizes = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", reason)
-        if sizes:
-            raise ConvscopeError(
-                f"{label} is truncated ({int(sizes[1]):,} of {int(sizes[2]):,} bytes; "
-                "was a download or copy interrupted?)"
-            ) from exc
-        raise ConvscopeError(f"{label} is damaged or truncated and cannot be read ({reason})") from exc
+        except ConvscopeError as exc:  # name the file in every message
+            if str(exc).startswith(label):
+                raise
+            raise ConvscopeError(f"{label}: {exc}") from None
 
 
 def _read(f, label):
@@ -80,20 +91,32 @@ def _read(f, label):
     )
 
 
-def _text(value) -> str:
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("utf8")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _text(value[()])
-    return str(value)
+def _text(attribute, default="") -> str:
+    """An attribute (``engine.h5_isolated.Attribute`` or None) as one string."""
+    if attribute is None:
+        return default
+    values = [str(v) for v in attribute.values]
+    return values[0] if len(values) == 1 and not attribute.shape else " ".join(values)
 
 
-def _names(value) -> list[str]:
-    return [_text(v) for v in np.asarray(value).ravel()] if value is not None else []
+def _names(attribute) -> list[str]:
+    return [str(v) for v in attribute.values] if attribute is not None else []
+
+
+def _count(attribute, what, label) -> int:
+    """A non-negative integer attribute (``nb_layers``, ``nb_params``)."""
+    values = [] if attribute is None else attribute.values
+    value = values[0] if len(values) == 1 else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        shown = json.dumps(values)[:40]
+        raise ConvscopeError(f"{label}: attribute {what} is {shown}, expected one non-negative integer")
+    return value
 
 
 def _is_theano(attrs) -> bool:
-    return _text(attrs.get("backend", "")).strip().lower() == "theano"
+    return _text(attrs.get("backend")).strip().lower() == "theano"
 
 
 # ---- conversion and validation -------------------------------------------------------------
@@ -107,31 +130,47 @@ def _matches(shape, expected):
     return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
 
 
-def _checked(layer, what, array, expected, note=""):
-    """``array`` as float32 C-contiguous, after checking its shape, dtype and values."""
-    if not _matches(array.shape, expected):
+def _array(layer, what, node, expected, theano_shape=None):
+    """The dataset ``node`` as float32, after checking (before reading a value) that it is a
+    dataset of floats of shape ``expected`` (or ``theano_shape``) whose declared size is plausible
+    for what the file stores; after reading, that every value is finite as float32."""
+    if node.kind != "dataset":
+        raise ConvscopeError(f"layer '{layer}': {what} '{node.path}' is a {node.kind}, not a dataset")
+    shape = node.shape
+    accepted = [expected] + ([theano_shape] if theano_shape else [])
+    if shape is None or not any(_matches(shape, e) for e in accepted):
+        note = f" or {_shape_text(theano_shape)} (Theano ordering)" if theano_shape else ""
+        shown = "empty" if shape is None else _shape_text(shape)
+        raise ConvscopeError(f"layer '{layer}': {what} has shape {shown}, expected {_shape_text(expected)}{note}")
+    if node.dtype is None or node.dtype.kind != "f":
+        dtype = "an unsupported type" if node.dtype is None else node.dtype
+        raise ConvscopeError(f"layer '{layer}': {what} has dtype {dtype}, expected floating point")
+    values = int(np.prod(shape, dtype=object))
+    need = 4 * values
+    if values and node.stored == 0:
+        raise ConvscopeError(f"layer '{layer}': {what} has no stored data (the dataset was never written)")
+    if need > MAX_COMPRESSION * node.stored + (1 << 20):
         raise ConvscopeError(
-            f"layer '{layer}': {what} has shape {_shape_text(array.shape)}, expected "
-            f"{_shape_text(expected)}{note}"
+            f"layer '{layer}': {what} declares {values:,} values but the file stores only {node.stored:,} "
+            "bytes for it (a compression bomb or unwritten data); the file is damaged or hostile"
         )
-    if array.dtype.kind != "f":
-        raise ConvscopeError(f"layer '{layer}': {what} has dtype {array.dtype}, expected floating point")
-    if not np.isfinite(array).all():
-        raise ConvscopeError(f"layer '{layer}': {what} contains NaN or infinite values")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    available = available_memory()
+    if need > available:
+        raise ConvscopeError(f"layer '{layer}': {what} needs {need / 1e9:.1f} GB, more than the "
+                             f"{available / 1e9:.1f} GB of memory available")
+    array = node.read()
+    if not np.isfinite(array).all():  # after the float32 cast: 1e300 as float64 is inf here
+        raise ConvscopeError(f"layer '{layer}': {what} contains NaN or infinite values (as float32)")
+    return array
 
 
-def _theano_conv(layer, kernel, expected):
+def _theano_conv(layer, node, expected):
     """A Theano conv kernel (c_out, c_in, kh, kw), true convolution -> (kh, kw, c_in, c_out)."""
     kh, kw, c_in, c_out = expected
-    if kernel.shape == (c_out, c_in, kh, kw):
+    kernel = _array(layer, "kernel", node, expected, theano_shape=(c_out, c_in, kh, kw))
+    if not _matches(kernel.shape, expected):  # Keras 2 with the Theano backend stored it only flipped
         kernel = kernel.transpose(2, 3, 1, 0)
-    elif not _matches(kernel.shape, expected):  # Keras 2 with the Theano backend: only flipped
-        raise ConvscopeError(
-            f"layer '{layer}': kernel has shape {_shape_text(kernel.shape)}, expected "
-            f"{_shape_text((c_out, c_in, kh, kw))} (Theano ordering)"
-        )
-    return kernel[::-1, ::-1, :, :]
+    return np.ascontiguousarray(kernel[::-1, ::-1, :, :])
 
 
 def _chw_rows_to_hwc(kernel, chw):
@@ -153,17 +192,18 @@ def _vgg16_network(include_top, fetch, theano, source):
         spec = LayerSpec(name=t["name"], kind=t["kind"], activation=t.get("activation", "linear"),
                          padding=t.get("padding", "valid"), pool_size=t.get("pool_size", (2, 2)))
         if "kernel_shape" in t:
-            kernel, bias = fetch(t["name"], index)
+            kernel_node, bias_node = fetch(t["name"], index)
             index += 1
             expected = t["kernel_shape"]
             if theano and spec.kind == "conv2d":
-                kernel = _theano_conv(spec.name, kernel, expected)
-            elif theano and after_flatten:
-                if _matches(kernel.shape, expected):
+                kernel = _theano_conv(spec.name, kernel_node, expected)
+            else:
+                kernel = _array(spec.name, "kernel", kernel_node, expected)
+                if theano and after_flatten:
                     side = VGG16_TOP_INPUT[0] // 32  # five 2x2 pools
                     kernel = _chw_rows_to_hwc(kernel, (c_last, side, side))
-            spec.kernel = _checked(spec.name, "kernel", kernel, expected)
-            spec.bias = _checked(spec.name, "bias", bias, expected[-1:])
+            spec.kernel = np.ascontiguousarray(kernel)
+            spec.bias = _array(spec.name, "bias", bias_node, expected[-1:])
             after_flatten = False
             c_last = expected[-1]
         after_flatten = after_flatten or spec.kind == "flatten"
@@ -177,7 +217,7 @@ def _read_weights_only(f, label):
     include_top = any(name in layer_names for name in ("fc1", "fc2", "predictions"))
     wanted = {t["name"] for t in vgg16_layers(include_top) if "kernel_shape" in t}
     for name in layer_names:
-        if name not in f:
+        if not name or name not in f:
             raise ConvscopeError(f"{label} lists layer '{name}' in layer_names but has no group for it")
         if name not in wanted and _names(f[name].attrs.get("weight_names")):
             raise ConvscopeError(
@@ -197,27 +237,29 @@ def _read_weights_only(f, label):
 
 
 def _layer_arrays(group, name, count):
-    """The first ``count`` arrays listed in ``group``'s weight_names, in that order."""
+    """The datasets (``engine.h5_isolated.Node``) listed in ``group``'s weight_names, in order:
+    (kernel, bias), or (kernel, None) when ``count`` is 1."""
     weight_names = _names(group.attrs.get("weight_names"))
     if len(weight_names) != count:
         expected = "a kernel and a bias" if count == 2 else "a kernel"
         raise ConvscopeError(f"layer '{name}' has {len(weight_names)} weight arrays, expected {expected}")
-    arrays = []
+    nodes = []
     for weight_name in weight_names:
-        if weight_name not in group:
+        if not weight_name or weight_name not in group:
             raise ConvscopeError(f"layer '{name}': weight '{weight_name}' listed in weight_names is missing")
-        arrays.append(group[weight_name][()])
-    return arrays if count == 2 else (arrays[0], None)
+        nodes.append(group[weight_name])
+    return nodes if count == 2 else (nodes[0], None)
 
 
 def _read_2016_file(f, label):
-    n_layers = int(np.asarray(f.attrs["nb_layers"]).ravel()[0])
+    n_layers = _count(f.attrs["nb_layers"], "nb_layers", label)
     params = []
     for k in range(n_layers):
         name = f"layer_{k}"
         if name not in f:
             raise ConvscopeError(f"{label} declares {n_layers} layers but has no group '{name}'")
-        n_params = int(np.asarray(f[name].attrs.get("nb_params", 0)).ravel()[0])
+        n_params = _count(f[name].attrs["nb_params"], f"nb_params of '{name}'", label) \
+            if "nb_params" in f[name].attrs else 0
         if n_params:
             if n_params != 2:
                 raise ConvscopeError(f"{label}: group '{name}' has {n_params} params, expected 2 (W, b)")
@@ -229,7 +271,10 @@ def _read_2016_file(f, label):
 
     def fetch(_name, index):
         group = f[params[index]]
-        return [group[f"param_{p}"][()] for p in range(2)]
+        for p in range(2):
+            if f"param_{p}" not in group:
+                raise ConvscopeError(f"{label}: group '{params[index]}' has no dataset 'param_{p}'")
+        return [group[f"param_{p}"] for p in range(2)]
 
     return _vgg16_network(len(params) == 16, fetch, True, "VGG16 2016 nb_layers file (theano ordering)")
 
@@ -238,13 +283,10 @@ def _read_2016_file(f, label):
 
 
 def _read_model_file(f, label):
-    try:
-        config = json.loads(_text(f.attrs["model_config"]))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConvscopeError(f"{label} has a model_config that is not valid JSON ({exc})") from exc
+    config = _model_config(_text(f.attrs["model_config"]), label)
     model_name, klayers, input_shape = parse_model_config(config)
     weights = f["model_weights"] if "model_weights" in f else f
-    keras_version = _text(f.attrs.get("keras_version", weights.attrs.get("keras_version", "")))
+    keras_version = _text(f.attrs.get("keras_version", weights.attrs.get("keras_version")))
     theano = _is_theano(f.attrs) or _is_theano(weights.attrs)
     layer_names = set(_names(weights.attrs.get("layer_names")))
 
@@ -261,9 +303,29 @@ def _read_model_file(f, label):
     source = f"Keras {major} model.save" if major else "Keras model.save"
     if theano:
         source += " (theano backend)"
-    backend = _text(f.attrs.get("backend", weights.attrs.get("backend", "")))
+    backend = _text(f.attrs.get("backend", weights.attrs.get("backend")))
     metadata = {"model_name": model_name, "keras_version": keras_version, "backend": backend}
     return NetworkSpec(layers, (h, w, c), source, metadata)
+
+
+def _model_config(text, label):
+    """The model_config JSON, refusing nesting deeper than any Keras config before walking it."""
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConvscopeError(f"{label} has a model_config that is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConvscopeError(f"{label} has a model_config nested deeper than Python can parse; "
+                             f"a Keras model config nests about 10 levels") from None
+    stack = [(config, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConvscopeError(f"{label} has a model_config nested more than {MAX_CONFIG_DEPTH} levels "
+                                 "deep; a Keras model config nests about 10 levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return config
 
 
 def _model_layers(klayers, input_shape, fetch, theano):
@@ -278,11 +340,12 @@ def _model_layers(klayers, input_shape, fetch, theano):
         if kl.kind == "conv2d":
             if n_flat is not None:
                 raise ConvscopeError(f"layer '{kl.name}': a Conv2D after Flatten/Dense is not supported")
-            kernel, bias = fetch(kl)
+            kernel_node, bias_node = fetch(kl)
             expected = (*kl.kernel_size, c, kl.filters)
+            kernel = _array(kl.name, "kernel", kernel_node, expected)
             if theano:  # Keras' legacy conversion: Theano applied kernels as true convolution
-                kernel = _checked(kl.name, "kernel", kernel, expected)[::-1, ::-1, :, :]
-            spec.kernel = _checked(kl.name, "kernel", kernel, expected)
+                kernel = kernel[::-1, ::-1, :, :]
+            spec.kernel = np.ascontiguousarray(kernel)
             c = spec.kernel.shape[2] if c is None else c
             if kl.padding == "valid":
                 h, w = [None if d is None else d - k + 1 for d, k in zip((h, w), kl.kernel_size)]
@@ -296,24 +359,24 @@ def _model_layers(klayers, input_shape, fetch, theano):
             if n_flat is None and h is not None:
                 raise ConvscopeError(f"layer '{kl.name}': a Dense layer on an image (no Flatten before it) "
                                      "is not supported")
-            kernel, bias = fetch(kl)
+            kernel_node, bias_node = fetch(kl)
+            if flat_chw is not None and n_flat is None:
+                raise ConvscopeError(
+                    f"layer '{kl.name}' follows a channels_first Flatten but the model config has no "
+                    "input shape to reorder its weights with"
+                )
+            kernel = _array(kl.name, "kernel", kernel_node, (n_flat, kl.filters))
             if flat_chw is not None:
-                if n_flat is None:
-                    raise ConvscopeError(
-                        f"layer '{kl.name}' follows a channels_first Flatten but the model config has no "
-                        "input shape to reorder its weights with"
-                    )
-                kernel = _checked(kl.name, "kernel", kernel, (n_flat, kl.filters))
                 kernel = _chw_rows_to_hwc(kernel, flat_chw)
                 flat_chw = None
-            spec.kernel = _checked(kl.name, "kernel", kernel, (n_flat, kl.filters))
+            spec.kernel = np.ascontiguousarray(kernel)
             n_flat = kl.filters
         if kl.kind in ("conv2d", "dense"):
             n_out = spec.kernel.shape[-1]
-            if bias is None:  # use_bias=False
+            if bias_node is None:  # use_bias=False
                 spec.bias = np.zeros(n_out, np.float32)
             else:
-                spec.bias = _checked(kl.name, "bias", bias, (n_out,))
+                spec.bias = _array(kl.name, "bias", bias_node, (n_out,))
         if kl.kind in ("conv2d", "maxpool2d") and h is not None and (h <= 0 or w <= 0):
             raise ConvscopeError(f"layer '{kl.name}': the model's input is too small for this layer")
         layers.append(spec)

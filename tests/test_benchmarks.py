@@ -80,3 +80,78 @@ def test_worker_measures_a_dream_in_a_fresh_process(vgg16_notop_file, contender)
     assert record["work"] == ["dream"]
     assert record["rss_end_kib"] >= record["rss_loaded_kib"] > 0
     assert record["phases"]["first call"] > 0
+
+
+def test_targets_preset_is_the_issues_scale():
+    args = run.parse_args(["--targets"])
+    assert args.sections == ["network", "techniques", "memory"]
+    assert args.filters == ("block3_conv1", 200, 128, 20, 32) and args.dream == (512, 4, 20)
+    assert args.sizes == [224, 128] and (args.memory_size, args.memory_batch) == (224, 8)
+    assert run.parse_args(["--targets", "--only", "memory"]).sections == ["memory"]
+
+
+def test_targets_read_ratios_off_the_rows():
+    from benchmarks import targets
+
+    def row(section, name, ms):
+        return {"section": section, "name": name, "ms": ms, "status": {c: "ok" for c in ms}}
+
+    results = {
+        "settings": {"filters": ["block3_conv1", 200, 128, 20, 32], "dream": [96, 1, 1],
+                     "memory_size": 224, "memory_batch": 8},
+        "rows": [row("techniques", "filters block3_conv1 x200 128px 20 steps",
+                     {"engine": 90.0, "pytorch": 200.0, "pytorch_batched": 150.0, "keras": 300.0}),
+                 row("techniques", "dream 96px 1 octaves x 1 steps", {"engine": 10.0, "pytorch": 30.0}),
+                 row("network", "fwd + input grad 224px b1", {"engine": 50.0, "pytorch": 100.0})],
+        "memory": [{"contender": "engine", "work": "forward + forward_grad 224px b8", "peak_mib": 1100.0},
+                   {"contender": "pytorch", "work": "forward + forward_grad 224px b8", "peak_mib": 1000.0}],
+    }
+    got = {t["target"]: t for t in targets.targets(results)}
+    keras = got["filters: engine / Keras example (one at a time)"]
+    assert keras["ratio"] == pytest.approx(0.3) and keras["met"] and keras["issue_scale"]
+    batched = got["filters: engine / PyTorch batched"]
+    assert batched["ratio"] == pytest.approx(0.6) and batched["met"] is False
+    dream = got["dream: engine / PyTorch, same algorithm"]
+    assert dream["met"] and not dream["issue_scale"]
+    assert got["dream: engine / Keras example"]["met"] is None  # Keras not run
+    assert got["fwd + input grad 224 px b1: engine / PyTorch"]["ratio"] == pytest.approx(0.5)
+    assert got["fwd + input grad 128 px b1: engine / PyTorch"]["configuration"] == "not run"
+    memory = got["peak memory, fwd + input grad: engine / PyTorch"]
+    assert memory["ratio"] == pytest.approx(1.1) and memory["met"] is False
+    text = targets.table(list(got.values()))
+    assert "| filters: engine / PyTorch batched | filters block3_conv1 x200 128px 20 steps | 90.0 ms | 150 ms | 0.60 | 0.50 | missed |" in text
+    assert "dream 96px 1 octaves x 1 steps (not the issue's scale)" in text
+
+
+def test_techniques_section_times_batched_pytorch_and_reports_targets(tmp_path):
+    """--quick techniques: filters (engine, PyTorch one at a time and batched) and a dream, each
+    gated on its first step, timed, and read into the targets table."""
+    pytest.importorskip("torch")
+    argv = ["--quick", "--only", "techniques", "--contenders", "engine,pytorch", "--pause", "0",
+            "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    results = json.loads((tmp_path / "benchmark.json").read_text())
+    filters = next(r for r in results["rows"] if r["name"].startswith("filters"))
+    assert filters["status"] == {"engine": "ok", "pytorch": "ok", "pytorch_batched": "ok"}
+    assert all(filters["ms"][c] > 0 for c in filters["status"])
+    got = {t["target"]: t for t in results["targets"]}
+    assert got["filters: engine / PyTorch batched"]["ratio"] > 0
+    assert got["dream: engine / PyTorch, same algorithm"]["ratio"] > 0
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "## Issue 16 targets" in text and "PyTorch batched ms" in text
+
+
+def test_ab_compares_a_revisions_kernels_with_the_trees(capsys):
+    """benchmarks/ab.py: HEAD's pool module (compiled afresh) against the tree's, through the public
+    ops; the same code gives the same bits."""
+    import shutil
+
+    from benchmarks import ab
+
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=run.ROOT,
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    assert ab.main(["--rev", "HEAD", "--modules", "kernels/cpu/pool.py", "--cases", "pool:2x9x8x3", "--reps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels.cpu.maxpool_backward" in out
+    assert "max-pool 2x9x8x3 fwd+bwd:" in out and "same bits: True" in out

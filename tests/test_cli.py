@@ -200,8 +200,10 @@ def test_save_image_round_trip_and_checks(tmp_path):
     np.testing.assert_array_equal(load_image(path), rgb)
     with pytest.raises(ConvscopeError, match="unsupported output type"):
         outputs.check_output(tmp_path / "pic.xyz")
-    with pytest.raises(ConvscopeError, match="does not exist"):
-        outputs.check_output(tmp_path / "missing" / "pic.png")
+    assert outputs.check_output(tmp_path / "missing" / "pic.png")  # folders are made when written
+    assert not (tmp_path / "missing").exists()
+    with pytest.raises(ConvscopeError, match="is a file, not a folder"):
+        outputs.check_output(tmp_path / "pic.png" / "pic.png")
     with pytest.raises(ConvscopeError, match="is a directory"):
         outputs.check_output(tmp_path)
 

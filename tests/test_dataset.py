@@ -163,7 +163,7 @@ def test_tsne_caps_perplexity():
 
 def test_tsne_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "sklearn.manifold", None)
-    with pytest.raises(ConvscopeError, match=r"convscope\[tsne\]"):
+    with pytest.raises(ConvscopeError, match=r"pip install scikit-learn .*\.\[tsne\]"):
         dataset.tsne_2d(np.zeros((5, 3)))
 
 
@@ -257,7 +257,7 @@ def test_embed_tsne(vgg16_notop_file, folder, tmp_path):
         import sklearn.manifold  # noqa: F401
     except ImportError:
         result = invoke(*args)
-        assert result.exit_code == 1 and "convscope[tsne]" in result.stderr
+        assert result.exit_code == 1 and "pip install scikit-learn" in result.stderr
         return
     result = invoke(*args)
     assert result.exit_code == 0, result.stderr
@@ -300,3 +300,43 @@ def test_dataset_bad_input(vgg16_notop_file, tmp_path, folder):
         errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], result.stderr
         assert not (tmp_path / "x.png").exists()
+
+
+def test_cache_keys_on_the_whole_weights_file(vgg16_notop_file, folder, tmp_path):
+    import h5py
+
+    weights = tmp_path / vgg16_notop_file.name
+    shutil.copy(vgg16_notop_file, weights)
+    args = ("embed", "--images", folder, "--size", SIZE, "--weights", weights, "--canvas", 200,
+            "--cache-dir", tmp_path / "cache")
+    first = invoke(*args, "--out", tmp_path / "1.png")
+    assert first.exit_code == 0 and "(0 from the cache, 6 computed)" in first.stdout, first.stderr
+    assert "(6 from the cache, 0 computed)" in invoke(*args, "--out", tmp_path / "2.png").stdout
+    before = weights.read_bytes()
+    with h5py.File(weights, "r+") as file:  # one inner layer, in place: same size, same first and last MiB
+        bias = file["block3_conv3/block3_conv3_b_1:0"]
+        bias[...] = bias[...] + 1.0
+    after = weights.read_bytes()
+    assert len(after) == len(before) and after[: 1 << 20] == before[: 1 << 20] and after[-(1 << 20) :] == before[-(1 << 20) :]
+    third = invoke(*args, "--out", tmp_path / "3.png")
+    assert third.exit_code == 0 and "(0 from the cache, 6 computed)" in third.stdout, third.stderr
+    assert (tmp_path / "1.csv").read_text() != (tmp_path / "3.csv").read_text()
+    assert (tmp_path / "cache" / "weights-digests.json").is_file()
+
+
+def test_cache_entry_of_another_shape_is_recomputed(vgg16_notop_file, folder, tmp_path, forward_calls):
+    from commands.folder_cache import file_digest
+
+    args = ("embed", "--images", folder, "--size", SIZE, "--weights", vgg16_notop_file, "--canvas", 200,
+            "--cache-dir", tmp_path / "cache")
+    assert invoke(*args, "--out", tmp_path / "1.png").exit_code == 0
+    digest = file_digest(folder / "d.png")
+    entries = list((tmp_path / "cache").rglob(f"{digest}.npy"))
+    assert len(entries) == 2  # features and thumbnail
+    for entry in entries:
+        np.save(entry, np.zeros((3, 5), np.float32))
+    forward_calls.clear()
+    second = invoke(*args, "--out", tmp_path / "2.png")
+    assert second.exit_code == 0, second.stderr
+    assert "(5 from the cache, 1 computed)" in second.stdout and forward_calls == [1]
+    assert (tmp_path / "1.csv").read_text() == (tmp_path / "2.csv").read_text()

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 import engine
 from engine.errors import ConvscopeError
-from engine.viz.cam import target_classes, weighted_map
+from engine.viz.attribution.base import class_gradients, target_classes
+from engine.viz.attribution.cam import weighted_map
 from engine.viz.colormaps import apply_colormap, colormap, overlay, to_index
-from engine.viz.gradcam import grad_cam, grad_cam_weights
+from engine.viz.attribution.gradcam import grad_cam, grad_cam_weights
 from tests.synthetic import uniform
 from tests.metrics import rel_err
 
@@ -129,6 +130,29 @@ def test_tiny_network_batch_and_layers():
             one = grad_cam(model, x[i : i + 1], classes=k, layer="conv_3x3_valid_linear", score=score)
             np.testing.assert_allclose(one.heatmaps[0], batch.heatmaps[i], rtol=0, atol=1e-6)
     assert batch.heatmaps.shape[1:] == model.output_shapes(x.shape[1:3])[2][:2]
+
+
+def test_a_target_function_is_a_score():
+    """Any (trace, classes) -> (scores, injected gradients) target works, and the path is linear
+    in what it injects: 2 logit[c] - logit[d] gives 2 g_c - g_d at the layer and the input."""
+    model = engine.load(TINY)
+    x = np.stack([uniform(5, f"tiny{i}", model.input_shape, -1, 1) for i in range(2)])
+    layer, c, d = "conv_3x3_valid_linear", np.array([0, 1]), np.array([1, 0])
+
+    def margin(trace, classes):
+        z = trace.model.backend.to_host(trace.output("logits")).astype(np.float64)
+        inject = np.zeros(z.shape, np.float32)
+        inject[[0, 1], classes], inject[[0, 1], d] = 2.0, -1.0
+        return 2 * z[[0, 1], classes] - z[[0, 1], d], {"logits": inject}
+
+    custom = class_gradients(model, x, c, margin, layer=layer)
+    by_c, by_d = (class_gradients(model, x, k, "logit", layer=layer) for k in (c, d))
+    np.testing.assert_allclose(custom.scores, 2 * by_c.scores - by_d.scores, rtol=1e-6)
+    for name in ("gradients", "layer_gradients"):
+        expected = 2 * getattr(by_c, name).astype(np.float64) - getattr(by_d, name)
+        assert rel_err(getattr(custom, name), expected) < 1e-5, name
+    result = grad_cam(model, x, classes=c, layer=layer, score=margin)
+    assert result.score == "margin" and np.array_equal(result.classes, c)
 
 
 # ---------------------------------------------------------------------------- guards

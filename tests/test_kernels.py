@@ -113,6 +113,31 @@ def test_cpu_conv_crosses_chunk_and_image_boundaries(monkeypatch):
     assert rel_err(grad_in, expected) < TOL
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_cpu_im2col_short_dot_products_in_worker_chunks(monkeypatch, relu, transposed):
+    """Short dot products (K <= SMALL_K, the first layer) go in per-worker chunks of pixels; chunks
+    of 5 pixels cross output rows and images. Same bits as the row-chunked path, and the reference."""
+    from kernels.cpu import im2col
+
+    rng = np.random.default_rng(8)
+    x, kernel, bias = rand(rng, 3, 5, 7, 3), rand(rng, 3, 3, 3, 6), rand(rng, 6)
+    if transposed:  # the input gradient of a 6 -> 3 layer: K = 9 * 3 = 27
+        x, kernel, bias = rand(rng, 3, 5, 7, 3), rand(rng, 3, 3, 6, 3), None
+    shape = (3, 5, 7, 6)
+    monkeypatch.setattr(im2col, "SMALL_K_PIXELS", 5)
+    chunked = nan_buffer(shape)
+    im2col.conv_im2col_gemm(x, kernel, bias, (1, 1), relu, chunked, transposed)
+    monkeypatch.setattr(im2col, "SMALL_K", 0)
+    monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 3 * 7 * 27 * 4)  # 3 output rows per chunk
+    rows = nan_buffer(shape)
+    im2col.conv_im2col_gemm(x, kernel, bias, (1, 1), relu, rows, transposed)
+    np.testing.assert_array_equal(chunked, rows)
+    k = im2col.flipped_transposed(kernel) if transposed else kernel
+    expected = ref.conv2d_forward(x, k, np.zeros(6) if bias is None else bias, (1, 1), relu, np.empty(shape))
+    assert rel_err(chunked, expected) < TOL
+
+
 def test_cpu_accepts_non_contiguous_inputs_and_rejects_bad_outputs():
     rng = np.random.default_rng(8)
     x = rand(rng, 1, 6, 5, 3).transpose(0, 2, 1, 3)  # (1, 5, 6, 3), not contiguous

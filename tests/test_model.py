@@ -82,6 +82,18 @@ def test_logits_are_the_pre_softmax_scores():
     assert not np.allclose(out["logits"], out["out"])
 
 
+def test_logits_of_a_network_without_activation_at_the_end_are_its_last_output():
+    """A network that ends in a pooling layer (a 'notop' file): 'logits' is the last output, and a
+    gradient injected there flows back like one injected at the layer's own name."""
+    spec = small_spec()
+    spec.layers = spec.layers[:3]  # c1, c2, p1
+    model, x = model64(spec), x_input()
+    g = uniform(9, "g", model.forward(x, ["p1"])["p1"].shape, -1, 1)
+    by_name = model.input_gradient(x, "p1", g)
+    np.testing.assert_array_equal(model.input_gradient(x, "logits", g), by_name)
+    assert np.abs(by_name).max() > 0
+
+
 def test_backward_sums_injections_and_returns_intermediate_gradients():
     model, x = model64(), x_input()
     trace = model.trace(x)
@@ -211,9 +223,12 @@ def test_unknown_layer_and_gradient_shape_errors():
 
 def test_summary_and_minimum_size():
     model = model64()
-    rows = model.summary((9, 8))
+    rows = model.summary_rows((9, 8))
     assert [r[2] for r in rows] == [(7, 6, 4), (7, 6, 3), (3, 3, 3), (3, 3, 3), (27,), (6,), (6,), (4,)]
     assert rows[0][3] == 3 * 3 * 2 * 4 + 4
+    text = model.summary((9, 8))  # a printable table, as Keras' model.summary()
+    assert isinstance(text, str) and len(text.splitlines()) == len(rows) + 2
+    assert "7x6x4" in text.splitlines()[1] and f"total: {model.n_params:,} parameters" in text
     assert model.min_input_size() == 4  # valid 3x3 -> 2x2 -> pool -> 1x1
     spec = small_spec()
     spec.layers = spec.layers[:4]  # the convolutional part takes any size from 4x4 up

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import engine
 from engine.errors import ConvscopeError
-from engine.viz.occlusion import occlude, occlusion, window_positions
+from engine.viz.attribution.occlusion import occlude, occlusion, window_positions
 from tests.synthetic import uniform
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "saliency_reference.npz"

@@ -20,9 +20,18 @@ import pytest
 
 import engine
 from engine.errors import ConvscopeError
-from engine.model import Model, conv_padding
+from engine.layers import conv_padding
+from engine.model import Model
 from engine.spec import LayerSpec, NetworkSpec
-from engine.viz.receptive import crop_field, field_mask, receptive_field, receptive_fields
+from engine.viz.receptive import crop_field, receptive_field, receptive_fields
+
+def field_mask(field, i, j, input_hw):
+    """A boolean (H, W) mask of the input pixels inside unit (i, j)'s clamped field."""
+    top, left, bottom, right = field.clamped_box(i, j, input_hw)
+    mask = np.zeros(tuple(int(s) for s in input_hw), dtype=bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
 
 VGG16_SIZES = {
     "block1_conv1": 3, "block1_conv2": 5, "block1_pool": 6,
@@ -79,9 +88,8 @@ def test_vgg16_sizes_jumps_and_offsets(vgg16):
     assert jumps["block1_conv2"] == 1 and jumps["block1_pool"] == 2 and jumps["block4_conv1"] == 8
     assert jumps["block5_pool"] == 32
     # the classic 'start' (centre of unit 0): 0.5 after the first pool, 15.5 after the last
-    assert fields["block1_conv1"].start == (0.0, 0.0)
-    assert fields["block1_pool"].start == (0.5, 0.5)
-    assert fields["block5_pool"].start == (15.5, 15.5)
+    start = {name: f.offset[0] + (f.size[0] - 1) / 2 for name, f in fields.items()}  # unit 0's centre
+    assert (start["block1_conv1"], start["block1_pool"], start["block5_pool"]) == (0.0, 0.5, 15.5)
     assert fields["block4_conv1"].box(0, 0) == (-26, -26, 34, 34)  # centre 3.5, side 60
 
 

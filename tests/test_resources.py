@@ -164,6 +164,26 @@ def test_size_mismatch_leaves_no_file(home, server, monkeypatch):
     assert list((home / ".keras" / "models").iterdir()) == []
 
 
+def test_oversized_download_stops_at_the_expected_size(home, server, monkeypatch):
+    """A 20 MB answer for a 3000-byte file: never more than 3000 bytes are counted or written."""
+    _serve(monkeypatch, server, NOTOP_FILE, b"x" * (20 << 20), size=3000)
+    seen = []
+    written = []
+    real_fdopen = resources.os.fdopen
+
+    def counting_fdopen(*args, **kwargs):
+        handle = real_fdopen(*args, **kwargs)
+        write = handle.write
+        handle.write = lambda block: written.append(len(block)) or write(block)
+        return handle
+
+    monkeypatch.setattr(resources.os, "fdopen", counting_fdopen)
+    _one_line_error(lambda: resolve_weights(download=True, progress=lambda d, t: seen.append(d)),
+                    "larger than the expected 3000 bytes", NOTOP_FILE)
+    assert sum(written) <= 3000 and max(seen, default=0) <= 3000
+    assert list((home / ".keras" / "models").iterdir()) == []
+
+
 def test_http_error(home, server, monkeypatch):
     folder, base = server
     monkeypatch.setitem(resources.REMOTE_FILES, NOTOP_FILE, RemoteFile(base + "missing.h5", 10, "0" * 32))
@@ -221,6 +241,9 @@ def test_class_index_download_failure_gives_none(home, server, monkeypatch):
     _serve(monkeypatch, server, CLASS_INDEX_FILE, b'{"0": ["n0", "x"]}', md5="0" * 32)
     assert load_class_names(download=True) is None
     assert list((home / ".keras" / "models").iterdir()) == []
+    reports = []
+    assert load_class_names(download=True, report=reports.append) is None
+    assert len(reports) == 1 and "md5" in reports[0] and CLASS_INDEX_FILE in reports[0]
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -187,6 +187,37 @@ def test_big_kernels_keep_one_transform(monkeypatch):
     winograd.clear_kernel_cache()
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_big_transforms_of_many_tile_calls_are_rebuilt_not_kept(monkeypatch, transposed):
+    """A transform of at least UNCACHED_MIN_BYTES in a call of at least UNCACHED_MIN_TILES tiles is
+    built per call (into a reused buffer) and not cached; one already cached is used. Same bits."""
+    rng = np.random.default_rng(6)
+    x, kernel, bias = random_layer(rng, 2, 9, 10, 7, 6)
+    kernel.flags.writeable = False
+    if transposed:
+        x = rng.standard_normal((2, 9, 10, 6)).astype(np.float32)
+        bias = None
+    out_shape = (2, 9, 10, 7 if transposed else 6)
+    winograd.clear_kernel_cache()
+    cached = np.full(out_shape, np.nan, np.float32)
+    winograd.conv_winograd(x, kernel, bias, (1, 1), not transposed, cached, transposed, m=4)
+    assert len(winograd._kernel_cache) >= 1
+    winograd.clear_kernel_cache()
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_BYTES", 36 * 7 * 6 * 4)
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_TILES", 2 * 3 * 3)  # this call's tiles (m = 4)
+    for _ in range(2):  # the second call reuses the thread's buffer
+        rebuilt = np.full(out_shape, np.nan, np.float32)
+        winograd.conv_winograd(x, kernel, bias, (1, 1), not transposed, rebuilt, transposed, m=4)
+        assert len(winograd._kernel_cache) == 0
+        np.testing.assert_array_equal(rebuilt, cached)
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_TILES", 2 * 3 * 3 + 1)  # now kept ...
+    winograd.transformed_kernel(kernel, 4, tiles=0)
+    assert len(winograd._kernel_cache) == 1
+    monkeypatch.setattr(winograd, "UNCACHED_MIN_TILES", 1)  # ... and used by a many-tile call
+    assert winograd.transformed_kernel(kernel, 4, tiles=10) is winograd.transformed_kernel(kernel, 4)
+    winograd.clear_kernel_cache()
+
+
 def test_read_only_kernels_and_inputs_are_accepted():
     rng = np.random.default_rng(2)
     x, kernel, bias = random_layer(rng, 1, 6, 6, 17, 6)
@@ -237,3 +268,52 @@ def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, dir
         expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), True, np.empty(results[0].shape))
     assert rel_err(results[0], expected) < TOL[4]
     winograd.clear_kernel_cache()
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_gather_tiles_is_bt_d_b_per_tile(m):
+    """V[k, l, t, c] = (B^T d_t B)[k, l] for every tile, against NumPy on zero-padded tiles,
+    starting mid-image (t0) and crossing into the next image."""
+    a = m + 2
+    rng = np.random.default_rng(21 + m)
+    x = rng.standard_normal((2, 7, 9, 5))
+    bt = winograd._BT[m]
+    tiles_h, tiles_w, top, left, t0, tc = -(-7 // m), -(-9 // m), 1, 1, 3, 2 * -(-7 // m) * -(-9 // m) - 3
+    v = np.full(a * a * tc * 5, np.nan)
+    winograd.gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v)
+    padded = np.zeros((2, tiles_h * m + a, tiles_w * m + a, 5))
+    padded[:, top : top + 7, left : left + 9] = x
+    expected = np.empty((a, a, tc, 5))
+    for t in range(tc):
+        n, rem = divmod(t0 + t, tiles_h * tiles_w)
+        ty, tx = divmod(rem, tiles_w)
+        d = padded[n, ty * m : ty * m + a, tx * m : tx * m + a]  # (a, a, c)
+        expected[:, :, t] = np.einsum("ki,ijc,lj->klc", bt, d, bt)
+    np.testing.assert_allclose(v.reshape(a, a, tc, 5), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_scatter_channels_first_is_at_m_a(relu):
+    """The swapped layout's output pass: out = [relu](A^T M_t A + bias) per tile, M (a, a, co, tc)
+    with more tiles than one block (and a short last block), ragged edges dropped."""
+    m, a, co = 4, 6, 3
+    rng = np.random.default_rng(4)
+    out_shape = (2, 9, 10, co)
+    tiles_h, tiles_w, t0 = -(-9 // m), -(-10 // m), 0
+    tc = 2 * tiles_h * tiles_w  # 18 tiles: a block of 16 and one of 2
+    mm = rng.standard_normal((a, a, co, tc))
+    at = winograd._AT[m]
+    s = np.einsum("jl,klct->kjct", at, mm).reshape(-1)  # the first (column) pass, as conv_winograd
+    bias = rng.standard_normal(co)
+    out = np.full(out_shape, np.nan)
+    winograd.scatter_tiles_channels_first(s, at, bias, relu, m, tiles_h, tiles_w, t0, out)
+    y = np.einsum("ik,klct,jl->ijct", at, mm, at)  # A^T M A: (m, m, co, tc)
+    expected = np.full((2, tiles_h * m, tiles_w * m, co), np.nan)
+    for t in range(tc):
+        n, rem = divmod(t, tiles_h * tiles_w)
+        ty, tx = divmod(rem, tiles_w)
+        expected[n, ty * m : ty * m + m, tx * m : tx * m + m] = y[:, :, :, t] + bias
+    expected = expected[:, :9, :10]
+    if relu:
+        expected = np.maximum(expected, 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)

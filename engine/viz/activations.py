@@ -14,6 +14,7 @@ cols = min(per_row, C), rows = ceil(C / per_row). Titles and files are the calle
 import numpy as np
 
 from engine.errors import ConvscopeError
+from engine.geometry import check_spatial, receptive_fields
 from engine.viz.colormaps import apply_colormap
 from engine.viz.pictures import enlarge, stitch_grid
 
@@ -23,7 +24,7 @@ BACKGROUND = 255  # white
 
 def default_layers(model, count: int = 8) -> list[str]:
     """The first ``count`` layers of the network that have a spatial output."""
-    return [l.name for l in model.layers[:count] if l.kind in ("conv2d", "maxpool2d")]
+    return list(receptive_fields(model.layers[:count]))
 
 
 def activation_maps(model, x, layers) -> dict:
@@ -32,14 +33,7 @@ def activation_maps(model, x, layers) -> dict:
     if not names:
         raise ConvscopeError("no layers asked for: name at least one layer")
     x = model.check_input(x)
-    shapes = model.output_shapes(x.shape[1:3])
-    for name in names:
-        shape = shapes[model.layer_index(name)]
-        if len(shape) != 3 or name == "logits":
-            raise ConvscopeError(
-                f"layer {name!r} has no spatial output ({'x'.join(map(str, shape))}): "
-                "activation maps need a convolution or pooling layer"
-            )
+    check_spatial(model, names, x.shape[1:3], "activation maps need a convolution or pooling layer")
     outputs = model.forward(x, outputs=names)
     return {name: np.asarray(outputs[name], dtype=np.float32) for name in names}
 

@@ -130,7 +130,8 @@ def require_tsne() -> None:
         import sklearn.manifold  # noqa: F401
     except ImportError:
         raise ConvscopeError(
-            f"t-SNE needs scikit-learn: pip install 'convscope[{TSNE_EXTRA}]' (or use --method pca)"
+            f"t-SNE needs scikit-learn: pip install scikit-learn (in a convscope checkout: "
+            f"pip install -e '.[{TSNE_EXTRA}]'), or use --method pca"
         ) from None
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.model import layer_output_shape
+from engine.geometry import layer_shapes, tile_grid
 from engine.viz.objectives import INPUT, Objective
 from engine.viz.optimise import above, objective_gradient, optimise
 from engine.viz.steps import Ascent
@@ -85,45 +85,9 @@ def octave_shapes(shape, octaves: int, octave_scale: float) -> list:
     return shapes[::-1]
 
 
-# ------------------------------------------------------------------------------- geometry
-
-
-def _geometry(model, deepest: str):
-    """(stride of each layer up to ``deepest``, halo in input pixels, alignment) for tiling.
-
-    The halo is the receptive-field radius of ``deepest`` rounded up to the alignment (the total
-    pooling stride), so that every activation of a window's core sees exactly what it sees in the
-    whole image, and window corners fall on every pooling grid.
-    """
-    strides, radius, stride = {}, 0, 1
-    for layer in model.layers[: model.layer_index(deepest) + 1]:
-        if layer.kind == "conv2d":
-            if layer.padding != "same":
-                raise ConvscopeError(f"tiled dreams need 'same' convolutions; {layer.name} is '{layer.padding}'")
-            radius += (layer.kernel.shape[0] - 1) // 2 * stride
-        elif layer.kind == "maxpool2d":
-            radius += (layer.pool_size[0] - 1) * stride
-            stride *= layer.pool_size[0]
-        elif layer.kind != "dropout":
-            raise ConvscopeError(f"cannot dream with layer {layer.name} ({layer.kind}): use convolutional layers")
-        strides[layer.name] = stride
-    halo = -(-radius // stride) * stride
-    return strides, halo, stride
-
-
-def _layer_shapes(model, shape, deepest: str) -> dict:
-    """{name: output shape} of the layers up to ``deepest`` for an input of (H, W)."""
-    current = (int(shape[0]), int(shape[1]), model.input_shape[2])
-    shapes = {}
-    for layer in model.layers[: model.layer_index(deepest) + 1]:
-        current = layer_output_shape(layer, current)
-        shapes[layer.name] = current
-    return shapes
-
-
 def _check_layers(model, layers: dict, shape) -> None:
     """Every dream layer is spatial and keeps inner positions at this octave's size."""
-    shapes = _layer_shapes(model, shape, max(layers, key=model.layer_index))
+    shapes = layer_shapes(model.layers, (*shape, model.input_shape[2]))
     for name in layers:
         out = shapes[name]
         if len(out) != 3:
@@ -182,9 +146,10 @@ def _dream_score(model, x, layers: dict, tile: int, acc, weight: float, grad):
             ops.square_sum(a, 0.0, region, scale, acc.loss, grads[name])
         ops.axpy(1.0, trace.backward(grads)[INPUT], grad)
         return
-    strides, halo, align = _geometry(model, deepest)
+    upto = model.layers[: model.layer_index(deepest) + 1]
+    strides, halo, align = tile_grid(upto)
     tile = max(align, tile // align * align)
-    full = _layer_shapes(model, (h, w), deepest)
+    full = layer_shapes(upto, x.shape[1:])
     least = model.min_input_size()  # Model.trace checks the size through the whole network
     for cy0, cy1 in _cores(h, tile):
         for cx0, cx1 in _cores(w, tile):

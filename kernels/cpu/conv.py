@@ -28,19 +28,16 @@ from kernels.cpu.im2col import conv_im2col_gemm, conv_pointwise_gemm, flipped_tr
 from kernels.cpu.winograd import conv_winograd, kernel_is_cacheable
 
 # Below this many input channels Winograd's a^2 GEMMs (K = Ci) are too thin for BLAS and im2col's
-# single K = 9 * Ci GEMM wins (VGG16's first layer, Ci = 3: 8 ms vs 32 ms at 224x224). Few output
-# channels are fine: the first layer's input gradient (64 -> 3) takes 32 ms vs im2col's 60 ms.
-# See benchmarks/kernel_sanity.py --compare.
+# single K = 9 * Ci GEMM wins (VGG16's first layer, Ci = 3). Few output channels are fine (the
+# first layer's input gradient, 64 -> 3, takes Winograd). Measured by benchmarks/kernel_sanity.py
+# --compare; figures in benchmarks/README.md.
 WINOGRAD_MIN_CHANNELS = 16
 
-# A kernel that may change between calls (writable) would have its Winograd transform rebuilt per
-# call, memory-bound work on a^2 ci co values (38 MB for a 512x512 F(4x4) kernel, ~10 ms here).
-# With this threshold (output pixels per image per input/output channel) writable kernels take
-# Winograd where that pays: 2 gives VGG16 at 224 its 56x56-and-up layers, fwd+bwd 456 ms vs 415 ms
-# cached vs 658 ms im2col (benchmarks/kernel_sanity.py --no-cache). None: writable kernels always
-# take im2col, the default until the engine freezes its weights (read-only arrays: cached
-# transforms) and the reference fixtures that follow the engine's ReLU/max-pool near-tie decisions
-# are regenerated with Winograd's rounding (tests of saliency, fool, dream, classmax).
+# A writable kernel may change between calls, so its Winograd transform would be rebuilt per call
+# (memory-bound work on a^2 Ci Co values). With a threshold (output pixels per image per input /
+# output channel) writable kernels take Winograd where that still pays; None: writable kernels
+# always take im2col. The engine's own kernels are read-only (Backend.frozen) and take Winograd
+# with cached transforms. Measured by benchmarks/kernel_sanity.py --no-cache.
 WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL = None
 
 __all__ = ["choose_algorithm", "conv2d_forward", "conv2d_backward_input", "flipped_transposed"]

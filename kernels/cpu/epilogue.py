@@ -2,7 +2,8 @@
 
 ``y`` is a (rows, channels) C-contiguous block, usually one chunk of a convolution's output that
 the GEMM has just written and that is still in cache; one parallel pass adds the per-channel bias
-and, when asked, clamps at zero.
+and, when asked, clamps at zero. ``bias_relu_serial`` is the same pass, serial and ``nogil``, for
+work that is already split over ``_threads``' workers.
 """
 
 from numba import njit, prange
@@ -18,6 +19,24 @@ from kernels.cpu._types import b1, c_array, per_float, types
 def bias_relu_inplace(y, bias, relu):
     rows, channels = y.shape
     for r in prange(rows):
+        row = y[r]
+        if relu:
+            for c in range(channels):
+                v = row[c] + bias[c]
+                row[c] = 0 if v < 0 else v  # NaN propagates, as with np.maximum
+        else:
+            for c in range(channels):
+                row[c] += bias[c]
+
+
+@njit(
+    per_float(lambda f: types.void(c_array(f, 2), c_array(f, 1), b1)),
+    nogil=True,
+    cache=True,
+)
+def bias_relu_serial(y, bias, relu):
+    rows, channels = y.shape
+    for r in range(rows):
         row = y[r]
         if relu:
             for c in range(channels):

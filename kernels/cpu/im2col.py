@@ -9,6 +9,14 @@ bounded (``WORKSPACE_BYTES``) and reused across chunks, so memory stays flat for
 or batch. Taps that fall outside the input read zero, so any ``pad`` (top, left) and any output
 size work, as in ``kernels/reference.py``.
 
+Layers with a short dot product (``K = kh * kw * Ci`` at most ``SMALL_K``: VGG16's first layer,
+K = 27) go another way: their GEMM is thin and their output 64/27 times the columns, so a 32 MB
+chunk of columns meant a 76 MB chunk of output written by BLAS and read again by the epilogue
+from memory, and 32 MB of workspace at the peak. They are cut into chunks of ``SMALL_K_PIXELS``
+output pixels that ``_threads``' workers take whole (gather, single-threaded GEMM, epilogue, all
+in one core's cache, with a per-thread buffer of ~100 KB). Each output element is the same dot
+product in BLAS either way (same bits; BLAS splits rows and columns between threads, never K).
+
 A 1x1 convolution over an unpadded, same-sized output needs no gather at all: its ``cols`` is
 the input itself, viewed as (N*H*W, Ci).
 """
@@ -16,14 +24,19 @@ the input itself, viewed as (N*H*W, Ci).
 import numpy as np
 from numba import njit, prange
 
+from kernels.cpu import _threads
 from kernels.cpu._types import c_array, i64, per_float, types
-from kernels.cpu.epilogue import bias_relu_inplace
+from kernels.cpu.epilogue import bias_relu_inplace, bias_relu_serial
 
 # Bytes of the im2col buffer per call. Each chunk costs one Numba parallel region and one BLAS
 # call, and every hand-over between Numba's and OpenBLAS's thread pools costs a spin-wait/wake-up
 # (milliseconds on a busy 2-core box), so chunks are kept few: VGG16's largest layer at 224x224
 # (115 MB of columns) takes 4. See benchmarks/kernel_sanity.py --workspace-mb.
 WORKSPACE_BYTES = 32 << 20
+# Dot products of at most SMALL_K values take per-worker chunks of SMALL_K_PIXELS output pixels
+# (the columns of one: ~110 KB at K = 27; 1024 and 4096 pixels timed the same here)
+SMALL_K = 64
+SMALL_K_PIXELS = 1024
 
 
 @njit(
@@ -68,6 +81,65 @@ def im2col_rows(x, kh, kw, top, left, row0, ho, wo, cols):
                 dst[base + j] = 0
 
 
+@njit(
+    per_float(
+        lambda f: types.void(c_array(f, 4), i64, i64, i64, i64, i64, i64, i64, c_array(f, 2))
+    ),
+    nogil=True,
+    cache=True,
+)
+def im2col_pixels(x, kh, kw, top, left, pixel0, ho, wo, cols):
+    """``im2col_rows`` for the output pixels pixel0 ... pixel0 + len(cols) - 1 (counted over all
+    images, row-major), serial: for work already split over ``_threads``' workers."""
+    _, h, w, ci = x.shape
+    flat = x.reshape(-1)
+    run = kw * ci
+    for p in range(cols.shape[0]):
+        r = (pixel0 + p) // wo
+        ox = pixel0 + p - r * wo
+        n = r // ho
+        oy = r - n * ho
+        kx0 = min(kw, max(0, left - ox))
+        kx1 = max(kx0, min(kw, w + left - ox))
+        dst = cols[p]
+        for ky in range(kh):
+            iy = oy + ky - top
+            base = ky * run
+            if iy < 0 or iy >= h:
+                for j in range(run):
+                    dst[base + j] = 0
+                continue
+            for j in range(kx0 * ci):
+                dst[base + j] = 0
+            src = ((n * h + iy) * w + ox + kx0 - left) * ci
+            for j in range((kx1 - kx0) * ci):
+                dst[base + kx0 * ci + j] = flat[src + j]
+            for j in range(kx1 * ci, run):
+                dst[base + j] = 0
+
+
+def _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out):
+    """The per-worker path of short dot products (see the module docstring)."""
+    _, ho, wo, co = out.shape
+    k = kernel2d.shape[0]
+    total = out.shape[0] * ho * wo
+    out2d = out.reshape(total, co)
+
+    def chunk(p0):
+        size = min(SMALL_K_PIXELS, total - p0)
+        cols = _threads.scratch("im2col_small_k", size * k, out.dtype).reshape(size, k)
+        im2col_pixels(x, kh, kw, top, left, p0, ho, wo, cols)
+        y = out2d[p0 : p0 + size]
+        np.matmul(cols, kernel2d, out=y)
+        if bias is not None:
+            bias_relu_serial(y, bias, relu)
+        elif relu:
+            np.maximum(y, 0, out=y)
+
+    _threads.run_chunks(chunk, range(0, total, SMALL_K_PIXELS))
+    return out
+
+
 def _gemm_epilogue(cols, kernel2d, bias, relu, out_chunk):
     np.matmul(cols, kernel2d, out=out_chunk)
     if bias is not None:
@@ -103,10 +175,12 @@ def conv_im2col_gemm(x, kernel, bias, pad, relu, out, transposed=False):
     if total_rows == 0 or wo == 0:
         return out
     kernel2d = kernel.reshape(k, co)
+    top, left = int(pad[0]), int(pad[1])
+    if k <= SMALL_K:
+        return _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out)
     out2d = out.reshape(total_rows * wo, co)
     rows = _chunk_rows(total_rows, wo * k * out.itemsize)
     workspace = np.empty((rows * wo, k), dtype=out.dtype)
-    top, left = int(pad[0]), int(pad[1])
     for r0 in range(0, total_rows, rows):
         r1 = min(total_rows, r0 + rows)
         cols = workspace[: (r1 - r0) * wo]

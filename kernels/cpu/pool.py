@@ -52,20 +52,27 @@ def _maxpool_forward(x, ph, pw, out, argmax):
 )
 def _maxpool_backward(grad_out, argmax, ph, pw, grad_in):
     n, ho, wo, c = grad_out.shape
-    h = grad_in.shape[1]
+    h, w = grad_in.shape[1], grad_in.shape[2]
     for job in prange(n * ho):
         b = job // ho
         oy = job - b * ho
-        # this job owns input rows [oy*ph, (oy+1)*ph), plus the floor remainder for the last row
+        # this job owns input rows [oy*ph, (oy+1)*ph), plus the floor remainder for the last row;
+        # each input value is written once: the pooled gradient where it won, else zero
         y_end = h if oy == ho - 1 else (oy + 1) * ph
-        grad_in[b, oy * ph : y_end] = 0
-        for ox in range(wo):
-            g = grad_out[b, oy, ox]
-            k = argmax[b, oy, ox]
-            for ch in range(c):
-                dy = k[ch] // pw
-                dx = k[ch] - dy * pw
-                grad_in[b, oy * ph + dy, ox * pw + dx, ch] = g[ch]
+        for dy in range(ph):
+            row = grad_in[b, oy * ph + dy]
+            for ox in range(wo):
+                g = grad_out[b, oy, ox]
+                k = argmax[b, oy, ox]
+                for dx in range(pw):
+                    dst = row[ox * pw + dx]
+                    here = dy * pw + dx
+                    for ch in range(c):
+                        dst[ch] = g[ch] if k[ch] == here else 0
+            for x in range(wo * pw, w):  # the floor remainder columns
+                row[x] = 0
+        for y in range((oy + 1) * ph, y_end):  # the floor remainder rows
+            grad_in[b, y] = 0
 
 
 def _pooled_shape_ok(x_shape, pool, out_shape):

@@ -5,19 +5,19 @@ Lavin & Gray's minimal filtering: an output tile Y (m x m) of one channel pair i
 9 m^2 / a^2 of a direct convolution's multiplications (2.25x fewer for F(2x2), 4x for F(4x4)).
 Summed over input channels the element-wise product becomes a^2 independent GEMMs:
 
-    (d B)[i, k, t, ci]                    tiles gathered, zero-padded, rows      (Numba)
-    V[k, t, ci] = (B^T d_t B)[k]          columns                                (Numba)
+    V[k, t, ci] = (B^T d_t B)[k]          tiles gathered, zero-padded, transformed
+                                          rows then columns, tile by tile          (Numba)
     U[k, ci, co] = (G g G^T)[k]           kernel transform, cached (see below)
     M[k] = V[k] @ U[k]                    a^2 SGEMMs (T x Ci) @ (Ci x Co)        (OpenBLAS)
     Y[i, j, t, co] = (A^T M_t A)[i, j]    output transform, two passes           (Numba)
     out[tile t] = [relu](Y + bias)        scattered, ragged edges dropped        (Numba)
 
-The transforms are separable and applied one axis at a time to every (tile, channel) at once
-(``transform_axis``): each pass is contiguous runs scaled and summed (zero coefficients
-skipped), which LLVM vectorises. A per-tile transform with all a^2 values in registers (the
-first version of this file) did not: its a^2 load/store streams at runtime strides exceed LLVM's
-runtime alias-check budget, so it ran scalar (~0.7 GB/s per thread, slower than the GEMMs) and
-took minutes to compile.
+The transforms are separable and applied one axis at a time (``transform_axis``, or per tile in
+``gather_tiles``): each pass is contiguous runs of channels (or tiles) scaled and summed (zero
+coefficients skipped), which LLVM vectorises. A per-tile transform with all a^2 values in
+registers (the first version of this file) did not: its a^2 load/store streams at runtime strides
+exceed LLVM's runtime alias-check budget, so it ran scalar (~0.7 GB/s per thread, slower than the
+GEMMs) and took minutes to compile.
 
 Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile (ty, tx) covers outputs
 ``[ty*m, ty*m+m) x [tx*m, tx*m+m)`` and reads input rows ``ty*m - top ... + a - 1`` (columns
@@ -40,6 +40,8 @@ kernel) and takes ~10 ms to build, as long as a 14x14 layer, so it is cached, ke
 array's identity, but **only for read-only kernels** (no array in its base chain writable): an
 immutable array cannot change behind the cache, and the cache holds a reference so its id cannot
 be reused. Writable kernels are transformed on every call. ``clear_kernel_cache()`` drops it.
+Big transforms in calls of many tiles (``UNCACHED_MIN_BYTES``, ``UNCACHED_MIN_TILES``: VGG16's
+block4/5 at batch 8) are rebuilt per call instead, where the build is small next to the GEMMs.
 
 Accuracy (float32, He-initialised VGG16 layers, vs float64): F(2x2) 1-5e-7 relative (as im2col,
 2-4e-7); F(4x4) 1-3.5e-6, growing slowly with Ci (benchmarks/kernel_sanity.py --compare).
@@ -52,7 +54,13 @@ import numpy as np
 from numba import njit
 
 from kernels.cpu import _threads
-from kernels.cpu._types import FLOATS, b1, c_array, i64, per_float, types
+from kernels.cpu._types import c_array, i64, types
+from kernels.cpu.winograd_tiles import (
+    _maybe_readonly,
+    gather_tiles,
+    scatter_tiles,
+    scatter_tiles_channels_first,
+)
 
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
@@ -99,11 +107,6 @@ _G = {
 }
 
 
-def _maybe_readonly(ndim):
-    """C-contiguous array types of every float, writable and read-only (weights may be frozen)."""
-    return [types.Array(f, ndim, "C", readonly=r) for f in FLOATS for r in (False, True)]
-
-
 # --- the separable transforms ---------------------------------------------------------------------
 
 _BLOCK = 512  # values of the innermost axis per work item: a few blocks of it fit in L1
@@ -148,108 +151,6 @@ def transform_axis(mat, src, outer, inner, dst):
                         out[p] += c * row[p]
 
 
-# --- tile gather (+ row transform) and scatter ----------------------------------------------------
-
-
-@njit(
-    [
-        types.void(x_type, c_array(x_type.dtype, 2), i64, i64, i64, i64, i64, i64,
-                   c_array(x_type.dtype, 1))
-        for x_type in _maybe_readonly(4)
-    ],
-    nogil=True,
-    cache=True,
-)
-def gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r):
-    """r[i, k, t, c] = sum_j bt[k, j] x[n, y0 + i, x0 + j, c] (zero outside x): (d B)[i, k].
-
-    The tiles t0 .. t0 + tc - 1 are gathered and transformed along their rows in one pass. r is
-    flat, (a, a, tc, ci) with a = m + 2 and tc = r.size // (a^2 ci); tile t0 + t is image n,
-    tile row ty, column tx, with y0 = ty*m - top, x0 = tx*m - left. Each term is a contiguous
-    run of ci values (one load and one load/store stream: vectorised); taps outside x and zero
-    coefficients are skipped.
-    """
-    _, h, w, ci = x.shape
-    a = m + 2
-    tc = r.size // (a * a * ci)
-    plane = tc * ci
-    per_image = tiles_h * tiles_w
-    flat = x.reshape(-1)
-    for t in range(tc):
-        tt = t0 + t
-        n = tt // per_image
-        rem = tt - n * per_image
-        ty = rem // tiles_w
-        y0 = ty * m - top
-        x0 = (rem - ty * tiles_w) * m - left
-        for i in range(a):
-            iy = y0 + i
-            for k in range(a):
-                dst = r[(i * a + k) * plane + t * ci : (i * a + k) * plane + (t + 1) * ci]
-                first = True
-                if 0 <= iy < h:
-                    for j in range(a):
-                        coef = bt[k, j]
-                        ix = x0 + j
-                        if coef == 0 or ix < 0 or ix >= w:
-                            continue
-                        src = flat[((n * h + iy) * w + ix) * ci : ((n * h + iy) * w + ix + 1) * ci]
-                        if first:
-                            for c in range(ci):
-                                dst[c] = coef * src[c]
-                            first = False
-                        else:
-                            for c in range(ci):
-                                dst[c] += coef * src[c]
-                if first:
-                    for c in range(ci):
-                        dst[c] = 0
-
-
-@njit(
-    per_float(
-        lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4), b1)
-    ),
-    nogil=True,
-    cache=True,
-)
-def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, channels_first):
-    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
-
-    y is flat, (m, m, tc, co), or (m, m, co, tc) with ``channels_first`` (the swapped GEMMs of
-    the input gradient); outputs of ragged edge tiles that fall outside out are dropped.
-    """
-    _, ho, wo, co = out.shape
-    tc = y.size // (m * m * co)
-    plane = tc * co
-    per_image = tiles_h * tiles_w
-    flat = out.reshape(-1)
-    for t in range(tc):
-        tt = t0 + t
-        n = tt // per_image
-        r = tt - n * per_image
-        ty = r // tiles_w
-        oy = ty * m
-        ox = (r - ty * tiles_w) * m
-        for i in range(min(m, ho - oy)):
-            for j in range(min(m, wo - ox)):
-                dst = ((n * ho + oy + i) * wo + ox + j) * co
-                if channels_first:
-                    src = (i * m + j) * plane + t
-                    for c in range(co):
-                        v = y[src + c * tc] + bias[c]
-                        flat[dst + c] = (0 if v < 0 else v) if relu else v
-                    continue
-                src = (i * m + j) * plane + t * co
-                if relu:
-                    for c in range(co):
-                        v = y[src + c] + bias[c]
-                        flat[dst + c] = 0 if v < 0 else v  # NaN propagates, as np.maximum
-                else:
-                    for c in range(co):
-                        flat[dst + c] = y[src + c] + bias[c]
-
-
 # --- the algorithm ---------------------------------------------------------------------------------
 
 _kernel_cache = OrderedDict()
@@ -268,8 +169,9 @@ def kernel_is_cacheable(a):
     return a is None or isinstance(a, bytes)
 
 
-def _cached(key, kernel, build):
-    """build() cached under ``key`` (None: not cacheable), keeping a reference to ``kernel``."""
+def _cached(key, kernel, build, store=True):
+    """build() cached under ``key`` (None: not cacheable), keeping a reference to ``kernel``;
+    with ``store`` False a cached value is used but a new one is not kept."""
     if key is None:
         return build()
     hit = _kernel_cache.get(key)
@@ -277,14 +179,50 @@ def _cached(key, kernel, build):
         _kernel_cache.move_to_end(key)
         return hit[1]
     value = build()
+    if not store:
+        return value
     _kernel_cache[key] = (kernel, value)  # the reference keeps id(kernel) from being reused
     while len(_kernel_cache) > CACHE_ENTRIES:
         _kernel_cache.popitem(last=False)
     return value
 
 
-def transformed_kernel(kernel, m, transposed=False):
-    """U = G g G^T for this kernel: (a^2, ci, co), cached when immutable.
+def build_transformed_kernel(kernel, m, u=None):
+    """U = G g G^T: (a^2, ci, co), into ``u`` (a flat buffer of at least its size) or a new array.
+
+    Separable like the data transforms, one slab of U per row k of G (along ky into a (kw, ci, co)
+    buffer, then along kx into U[k*a : k*a + a]); the slabs are shared out between ``_threads``'
+    workers (each the same sums, so the same bits on any count)."""
+    kh, kw, ci, co = kernel.shape
+    a = m + 2
+    g_mat = _G[m].astype(kernel.dtype)
+    if u is None:
+        u = np.empty((a * a, ci, co), dtype=kernel.dtype)
+    else:
+        u = u[: a * a * ci * co].reshape(a * a, ci, co)
+    flat, slabs = kernel.reshape(-1), u.reshape(a, a * ci * co)
+
+    def slab(k):
+        rows = _threads.scratch("wino_u_rows", kw * ci * co, kernel.dtype)
+        transform_axis(g_mat[k : k + 1], flat, 1, kw * ci * co, rows)
+        transform_axis(g_mat, rows, 1, ci * co, slabs[k])
+
+    _threads.run_chunks(slab, range(a))
+    return u
+
+
+# A transform of at least UNCACHED_MIN_BYTES for a call of at least UNCACHED_MIN_TILES tiles is
+# rebuilt per call rather than cached: there its build (a memory-bound pass, ~13 ms of one core
+# for a 512x512 F(4x4) kernel) is a few per cent of the call's GEMMs, which read all of U per
+# chunk anyway, and keeping it costs its bytes for the process's life (VGG16 at 224 px batch 8:
+# block4's and block5's, 146 MB). A transform already cached is used either way.
+UNCACHED_MIN_BYTES = 16 << 20
+UNCACHED_MIN_TILES = 384
+
+
+def transformed_kernel(kernel, m, transposed=False, tiles=0):
+    """U = G g G^T for this kernel: (a^2, ci, co), cached when immutable (and, for a call of
+    ``tiles`` tiles, unless big: see ``UNCACHED_MIN_BYTES``).
 
     ``transposed``: U^T (a^2, co, ci) for the input gradient (see ``transforms``), a view of U,
     or a cached contiguous copy when U is at most ``TRANSPOSED_COPY_BYTES`` (there a transposed
@@ -294,22 +232,19 @@ def transformed_kernel(kernel, m, transposed=False):
     key = None
     if kernel_is_cacheable(kernel):
         key = (id(kernel), kernel.ctypes.data, kernel.shape, kernel.dtype.str, m)
-
-    def build():
-        kh, kw, ci, co = kernel.shape
-        a = m + 2
-        g_mat = _G[m].astype(kernel.dtype)
-        # G g G^T, separable like the data transforms: along ky for every (kx, ci, co), then kx
-        rows = np.empty(a * kw * ci * co, dtype=kernel.dtype)
-        transform_axis(g_mat, kernel.reshape(-1), 1, kw * ci * co, rows)
-        u = np.empty((a * a, ci, co), dtype=kernel.dtype)
-        transform_axis(g_mat, rows, a, ci * co, u.reshape(-1))
-        return u
-
-    u = _cached(key, kernel, build)
+    kh, kw, ci, co = kernel.shape
+    size = (m + 2) ** 2 * ci * co
+    rebuilt = size * kernel.itemsize >= UNCACHED_MIN_BYTES and tiles >= UNCACHED_MIN_TILES
+    if rebuilt:
+        # built into the calling thread's reusable buffer (no fresh pages per call), valid until
+        # its next call of this kind; conv_winograd uses it within the call only
+        u = _cached(key, kernel, lambda: build_transformed_kernel(
+            kernel, m, _threads.scratch("wino_u", size, kernel.dtype)), store=False)
+    else:
+        u = _cached(key, kernel, lambda: build_transformed_kernel(kernel, m))
     if not transposed:
         return u
-    if u.nbytes > TRANSPOSED_COPY_BYTES:
+    if u.nbytes > TRANSPOSED_COPY_BYTES or rebuilt:
         return u.transpose(0, 2, 1)
     return _cached(None if key is None else key + ("T",), kernel,
                    lambda: np.ascontiguousarray(u.transpose(0, 2, 1)))
@@ -356,7 +291,7 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     a = m + 2
     tiles_h, tiles_w = -(-ho // m), -(-wo // m)
     total = n * tiles_h * tiles_w
-    u = transformed_kernel(kernel, m, transposed)
+    u = transformed_kernel(kernel, m, transposed, total)
     if bias is None:
         bias = np.zeros(co, dtype=out.dtype)
     per_tile = a * a * (ci + co) * out.itemsize
@@ -380,24 +315,26 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     def chunk(t0):
         size = min(tc, total - t0)
         p, q = size * ci, size * co
-        # r (rows-transformed tiles) is dead once d is made, so s (A^T M) reuses its buffer
-        rs = _threads.scratch("wino_rs", max(a * a * p, a * m * q), dtype)
-        r, s = rs[: a * a * p], rs[: a * m * q]
-        d = _threads.scratch("wino_d", a * a * p, dtype)
+        # V is dead once M is made, so s (A^T M) reuses its buffer
+        vs = _threads.scratch("wino_vs", max(a * a * p, a * m * q), dtype)
+        d, s = vs[: a * a * p], vs[: a * m * q]
         mm = _threads.scratch("wino_m", a * a * q, dtype)
-        # V = B^T d B: gathered and transformed along rows, then along columns (separable)
-        gather_tile_rows(x, bt, m, top, left, tiles_h, tiles_w, t0, r)
-        transform_axis(bt, r, 1, a * p, d)
+        # V = B^T d B, gathered and transformed tile by tile
+        gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, d)
         v = d.reshape(a * a, size, ci)
         if swapped:  # M^T = U^T^T V^T: (a^2, co, tiles), U in its stored (contiguous) layout
             _gemms(u.transpose(0, 2, 1), v.transpose(0, 2, 1), mm.reshape(a * a, co, size), share)
         else:
             _gemms(v, u, mm.reshape(a * a, size, co), share)
-        # Y = A^T M A, likewise; Y (m, m, tile, co) reuses M's buffer
+        # Y = A^T M A, separable: along columns into s, then along rows (into M's buffer, or, for
+        # the swapped layout, block by block as the tiles are written)
         transform_axis(at, mm, a, q, s)
-        y = mm[: m * m * q]
-        transform_axis(at, s, 1, m * q, y)
-        scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, swapped)
+        if swapped:
+            scatter_tiles_channels_first(s, at, bias, relu, m, tiles_h, tiles_w, t0, out)
+        else:
+            y = mm[: m * m * q]
+            transform_axis(at, s, 1, m * q, y)
+            scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
 
     _threads.run_chunks(chunk, range(0, total, tc))
     return out

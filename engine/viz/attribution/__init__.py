@@ -7,8 +7,9 @@
     result.completeness_error   # integrated gradients only
 
 ``x`` is a caffe-preprocessed NHWC batch; every method differentiates the class logit (the
-pre-softmax score) and runs all its gradient passes as batches (``base.gradient_batches``).
-Occlusion, which needs no gradient, is ``engine.viz.occlusion``.
+pre-softmax score) through the one class-gradient path (``base.class_gradients``), its passes
+in batches (``base.gradient_batches``). The family's other members sit beside them: Grad-CAM
+(``gradcam`` on ``cam``, which returns a ``CamResult``) and occlusion (``occlusion``, no gradient).
 """
 
 from engine.errors import ConvscopeError

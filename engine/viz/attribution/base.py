@@ -1,18 +1,17 @@
-"""The shared machinery of gradient attributions: target classes, batched gradient passes of class
-scores with respect to the input, and the per-pixel map every method ends with.
+"""The one class-gradient path of the attribution family (CAMs, gradients, SmoothGrad, integrated
+gradients, guided Grad-CAM, occlusion): target classes, a score per image, and its gradient.
 
-Modelled, like ``engine.viz.cam``, on pytorch-grad-cam's ``base_cam.py``: a method only says
-which inputs to differentiate (the image, noisy copies, points on a path) and how to reduce their
-gradients; ``gradient_batches`` does the rest:
+Modelled on pytorch-grad-cam's ``base_cam.py``: a method only says which inputs to differentiate
+(the image, noisy copies, points on a path) and how to reduce their gradients;
+``class_gradients`` does the rest for a batch of rows: one forward pass, each row's target class
+(given, or its top class), its score and the backward passes to the input and/or a layer.
 
-    rows (one input per gradient: N images x samples or steps), one target class per row
-    -> chunks of ``batch`` rows: one forward pass and one backward pass per chunk, each row
-       injecting a one-hot gradient at its own class's logit (the pre-softmax class score)
-    -> yields each chunk's input gradients (and, on request, a layer's activations and their
-       standard gradients from the same forward pass, for guided Grad-CAM)
-
-Rows are built lazily by the method (``make_rows(start, stop)``), so 50 noisy copies or 50 path
-points of an image never sit in memory at once, and the results do not depend on the batch size.
+A score is a target function ``score(trace, classes) -> (values (N,) float64, {layer name: d
+values / d layer output})``: ``"logit"`` (the pre-softmax class score, one-hot at 'logits'),
+``"probability"`` (one-hot at the network's softmax/sigmoid output) or any callable of that form.
+``gradient_batches`` runs it over rows built lazily (``make_rows(start, stop)``) ``batch`` at a
+time, so 50 noisy copies or 50 path points of an image never sit in memory at once, and the
+results do not depend on the batch size.
 
 Shapes: ``x`` is a caffe-preprocessed NHWC float32 batch (N, H, W, 3); attributions are (N, H, W, 3)
 float32 in the input's own channel order (BGR for VGG16); maps are (N, H, W) float32: the maximum
@@ -26,9 +25,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.viz.cam import n_classes, target_classes
 
-INPUT = "input"
+INPUT, LOGITS = "input", "logits"
+NORMALISED = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -60,28 +59,49 @@ class Attribution:
         return np.abs(self.totals - change) / np.maximum(np.abs(change), 1e-30)
 
 
+# ------------------------------------------------------------------------------- checks
+
+
+def n_classes(model) -> int:
+    """The classifier's width; a clear error for a network without one."""
+    if not model.has_classifier:
+        raise ConvscopeError(
+            "class explanations need a network with a classifier; this weights file has none "
+            "(use vgg16_weights_tf_dim_ordering_tf_kernels.h5, not the 'notop' file)"
+        )
+    return int(model.layers[-1].kernel.shape[1])
+
+
+def target_classes(classes, n_images: int, n_classes: int):
+    """``classes`` as an (N,) int64 array (one int is used for every image), or None."""
+    if classes is None:
+        return None
+    values = np.asarray(classes)
+    if values.dtype == bool or not (
+        np.issubdtype(values.dtype, np.integer)
+        or (np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values)))
+    ):
+        raise ConvscopeError(f"classes {classes!r} are not whole numbers: give class indices")
+    values = np.broadcast_to(values, (n_images,)) if values.ndim == 0 else values
+    if values.shape != (n_images,):
+        raise ConvscopeError(
+            f"got {values.size} target classes for {n_images} images: give one class per image"
+        )
+    values = values.astype(np.int64)
+    bad = values[(values < 0) | (values >= n_classes)]
+    if bad.size:
+        raise ConvscopeError(
+            f"class {int(bad[0])} is out of range: the classifier has {n_classes} classes "
+            f"(0 to {n_classes - 1})"
+        )
+    return values
+
+
 def check_count(value, name: str) -> int:
     """A positive whole number (batch sizes, samples, steps), or a one-line error."""
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ConvscopeError(f"{name} {value!r} must be a whole number of at least 1")
     return int(value)
-
-
-def channel_map(attributions, signed: bool = False) -> np.ndarray:
-    """(N, H, W, C) -> (N, H, W) float32: signed sum over channels, or max |.| over channels."""
-    a = np.asarray(attributions, dtype=np.float32)
-    if signed:
-        return a.astype(np.float64).sum(axis=-1).astype(np.float32)
-    return np.abs(a).max(axis=-1)
-
-
-def probabilities_from(model, logits: np.ndarray, output: np.ndarray) -> np.ndarray:
-    """The network's class probabilities: its own softmax/sigmoid output, else softmax(logits)."""
-    if model.layers[-1].activation in ("softmax", "sigmoid"):
-        return np.asarray(output, dtype=np.float32)
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def prepare(model, x, classes, batch: int):
@@ -92,40 +112,88 @@ def prepare(model, x, classes, batch: int):
     return x, wanted, check_count(batch, "batch size")
 
 
-def predict(model, x, batch: int):
-    """Forward passes only, ``batch`` images at a time: (logits, probabilities), float32."""
-    logits, probabilities = [], []
-    last = model.layers[-1].name
-    to_host = model.backend.to_host
-    for start in range(0, x.shape[0], batch):
-        trace = model.trace(x[start : start + batch])
-        z = to_host(trace.output("logits")).astype(np.float32)
-        logits.append(z)
-        probabilities.append(probabilities_from(model, z, to_host(trace.output(last))))
-    return np.concatenate(logits), np.concatenate(probabilities)
+# ------------------------------------------------------------------------------- scores
 
 
-def targets(model, x, wanted, batch: int):
-    """(classes, scores, probabilities) of the clean images: the classes asked for, or each
-    image's top class; scores are the logits of those classes (float64)."""
-    logits, probabilities = predict(model, x, batch)
-    classes = np.argmax(logits, axis=1).astype(np.int64) if wanted is None else wanted
-    scores = logits[np.arange(x.shape[0]), classes].astype(np.float64)
-    return classes, scores, probabilities
+def _class_output(trace, name, classes):
+    """(output ``name`` at each row's class, float64; {name: its one-hot gradient})."""
+    values = trace.model.backend.to_host(trace.output(name)).astype(np.float32)
+    rows = np.arange(len(classes))
+    one_hot = np.zeros(values.shape, dtype=np.float32)
+    one_hot[rows, classes] = 1.0
+    return values[rows, classes].astype(np.float64), {name: one_hot}
+
+
+def logit(trace, classes):
+    """The pre-softmax score of each row's class, and its one-hot gradient at 'logits'."""
+    return _class_output(trace, LOGITS, classes)
+
+
+def probability(trace, classes):
+    """The network's softmax/sigmoid output for each row's class, and its one-hot gradient there."""
+    return _class_output(trace, trace.model.layers[-1].name, classes)
+
+
+SCORES = {"logit": logit, "probability": probability}
+
+
+def score_function(model, score) -> Callable:
+    """A score name of ``SCORES`` or a target function, checked against the network."""
+    if callable(score):
+        return score
+    if score not in SCORES:
+        raise ConvscopeError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
+    last = model.layers[-1]
+    if score == "probability" and last.activation not in NORMALISED:
+        raise ConvscopeError(
+            f"score 'probability' needs a softmax or sigmoid output; {last.name} is {last.activation}"
+        )
+    return SCORES[score]
+
+
+def probabilities_from(model, logits: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The network's class probabilities: its own softmax/sigmoid output, else softmax(logits)."""
+    if model.layers[-1].activation in NORMALISED:
+        return np.asarray(output, dtype=np.float32)
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- passes
 
 
 @dataclass
-class GradientBatch:
-    """One chunk of rows [start, stop) after one forward and one (or two) backward passes."""
+class ClassGradients:
+    """One forward pass of N rows and the backward passes of each row's class score."""
 
-    start: int
-    stop: int
-    gradients: np.ndarray  # (rows, H, W, C) float32, d logit[class] / d input
-    logits: np.ndarray  # (rows, n_classes) float32
-    probabilities: np.ndarray  # (rows, n_classes) float32
-    classes: np.ndarray  # (rows,) int64, the class each row differentiated
-    activations: Optional[np.ndarray] = None  # (rows, h, w, C') at ``layer``, when asked for
-    layer_gradients: Optional[np.ndarray] = None  # their standard-ReLU gradients
+    classes: np.ndarray  # (N,) int64, the class each row differentiated
+    scores: np.ndarray  # (N,) float64, each row's score for its class
+    logits: np.ndarray  # (N, n_classes) float32
+    probabilities: np.ndarray  # (N, n_classes) float32
+    gradients: Optional[np.ndarray] = None  # (N, H, W, C) float32, d score / d input
+    activations: Optional[np.ndarray] = None  # (N, h, w, C') at ``layer``, when asked for
+    layer_gradients: Optional[np.ndarray] = None  # d score / d activations, standard ReLUs
+
+
+def class_gradients(model, x, classes=None, score="logit", relu="standard", layer=None, wrt_input=True):
+    """Forward the rows ``x``, then backpropagate each row's score of its class (``classes``, one
+    per row, or None: each row's top class) to the input (``relu``: its ReLU backward, 'standard'
+    or 'guided') when ``wrt_input``, and to ``layer``'s output (standard ReLUs) when given."""
+    score = score_function(model, score)
+    to_host = model.backend.to_host
+    trace = model.trace(x)
+    logits = to_host(trace.output(LOGITS)).astype(np.float32)
+    probabilities = probabilities_from(model, logits, to_host(trace.output(model.layers[-1].name)))
+    classes = np.argmax(logits, axis=1).astype(np.int64) if classes is None else classes
+    scores, injected = score(trace, classes)
+    result = ClassGradients(classes, scores, logits, probabilities)
+    if layer is not None:
+        result.activations = np.array(to_host(trace.output(layer)))
+        result.layer_gradients = np.asarray(to_host(trace.backward(injected, wrt=(layer,))[layer]))
+    if wrt_input:
+        result.gradients = np.asarray(to_host(trace.backward(injected, relu=relu)[INPUT]))
+    return result
 
 
 def gradient_batches(
@@ -133,36 +201,36 @@ def gradient_batches(
     n_rows: int,
     make_rows: Callable[[int, int], np.ndarray],
     classes: Optional[np.ndarray] = None,
-    relu: str = "standard",
     batch: int = 16,
-    layer: Optional[str] = None,
     progress: Optional[Callable] = None,
-) -> Iterator[GradientBatch]:
-    """Differentiate each row's class logit with respect to the row, ``batch`` rows per pass.
-
-    ``make_rows(start, stop)`` returns the inputs of rows [start, stop) as an NHWC array.
-    ``classes`` holds one class per row (None: each row's own top class, found in the same
-    forward pass). ``relu`` is the ReLU backward of the input gradient ('standard' or 'guided').
-    With ``layer``, the same forward pass also gives that layer's output and the gradient of the
-    class logit with respect to it through standard ReLUs (Grad-CAM's inputs).
-    ``progress(done, total)`` is called after each chunk with the rows done so far.
-    """
-    to_host = model.backend.to_host
-    last = model.layers[-1].name
+    **options,
+) -> Iterator[tuple[int, int, ClassGradients]]:
+    """(start, stop, ``class_gradients`` of the class logit) of rows [start, stop), ``batch`` rows
+    per pass. ``make_rows(start, stop)`` returns those rows as an NHWC array; ``classes`` holds
+    one class per row (None: each row's top class); ``options`` go to ``class_gradients``
+    (relu, layer, wrt_input). ``progress(done, total)`` is called after each chunk."""
     for start in range(0, n_rows, batch):
         stop = min(n_rows, start + batch)
-        rows = make_rows(start, stop)
-        trace = model.trace(rows)
-        logits = to_host(trace.output("logits")).astype(np.float32)
-        probabilities = probabilities_from(model, logits, to_host(trace.output(last)))
-        wanted = np.argmax(logits, axis=1).astype(np.int64) if classes is None else classes[start:stop]
-        one_hot = np.zeros(logits.shape, dtype=np.float32)
-        one_hot[np.arange(stop - start), wanted] = 1.0
-        gradients = np.asarray(to_host(trace.backward({"logits": one_hot}, relu=relu)[INPUT]))
-        activations = layer_gradients = None
-        if layer is not None:
-            activations = np.array(to_host(trace.output(layer)))
-            layer_gradients = np.asarray(to_host(trace.backward({"logits": one_hot}, wrt=(layer,))[layer]))
-        yield GradientBatch(start, stop, gradients, logits, probabilities, wanted, activations, layer_gradients)
+        wanted = None if classes is None else classes[start:stop]
+        yield start, stop, class_gradients(model, make_rows(start, stop), wanted, **options)
         if progress is not None:
             progress(stop, n_rows)
+
+
+def gathered(model, x, classes=None, batch: int = 16, progress=None, **options) -> ClassGradients:
+    """``gradient_batches`` over the images of ``x``, the chunks' results concatenated (N rows);
+    with ``wrt_input=False`` and no layer, forward passes only: classes, scores, probabilities."""
+    chunks = gradient_batches(model, len(x), lambda a, b: x[a:b], classes, batch, progress, **options)
+    parts = [part for _, _, part in chunks]
+    return ClassGradients(**{
+        name: None if value is None else np.concatenate([getattr(p, name) for p in parts])
+        for name, value in vars(parts[0]).items()
+    })
+
+
+def channel_map(attributions, signed: bool = False) -> np.ndarray:
+    """(N, H, W, C) -> (N, H, W) float32: signed sum over channels, or max |.| over channels."""
+    a = np.asarray(attributions, dtype=np.float32)
+    if signed:
+        return a.astype(np.float64).sum(axis=-1).astype(np.float32)
+    return np.abs(a).max(axis=-1)

@@ -11,28 +11,15 @@ where the forward output is > 0 and the incoming gradient is > 0).
     result.maps                                         # (N, 224, 224) max |gradient| over channels
 """
 
-import numpy as np
-
-from engine.viz.attribution.base import Attribution, channel_map, gradient_batches, prepare
+from engine.viz.attribution.base import Attribution, channel_map, gathered, prepare
 
 
 def input_gradient_attribution(model, x, classes=None, relu="standard", batch=16, progress=None, method=None):
     """d logit[class] / d x for each image (the class given, or its top class)."""
     x, wanted, batch = prepare(model, x, classes, batch)
-    n = x.shape[0]
-    gradients = np.empty(x.shape, dtype=np.float32)
-    found = np.empty(n, dtype=np.int64)
-    scores = np.empty(n, dtype=np.float64)
-    probabilities = None
-    for part in gradient_batches(model, n, lambda a, b: x[a:b], wanted, relu, batch, progress=progress):
-        gradients[part.start : part.stop] = part.gradients
-        found[part.start : part.stop] = part.classes
-        scores[part.start : part.stop] = part.logits[np.arange(part.stop - part.start), part.classes]
-        if probabilities is None:
-            probabilities = np.empty((n, part.probabilities.shape[1]), dtype=np.float32)
-        probabilities[part.start : part.stop] = part.probabilities
+    g = gathered(model, x, wanted, batch, progress, relu=relu)
     name = method or ("vanilla" if relu == "standard" else relu)
-    return Attribution(name, gradients, channel_map(gradients), False, found, scores, probabilities)
+    return Attribution(name, g.gradients, channel_map(g.gradients), False, g.classes, g.scores, g.probabilities)
 
 
 def vanilla_gradient(model, x, classes=None, batch=16, progress=None) -> Attribution:

@@ -2,7 +2,7 @@
 
 One forward pass per ``batch`` images serves both parts: a guided backward pass of each image's
 class logit to the input, and a standard backward pass of the same logit to ``layer`` (Grad-CAM's
-weights and map, ``engine.viz.gradcam.grad_cam_weights`` and ``engine.viz.cam.weighted_map``).
+weights and map, ``gradcam.grad_cam_weights`` and ``cam.weighted_map``).
 The heatmap (max 1) is upsampled bilinearly to the input's size (PIL's filter, half-pixel
 centres; it equals PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` when
 enlarging) and multiplies every channel of the guided gradient, as pytorch-grad-cam does.
@@ -11,9 +11,9 @@ enlarging) and multiplies every channel of the guided gradient, as pytorch-grad-
 import numpy as np
 
 from engine.preprocess import resize
-from engine.viz.attribution.base import Attribution, channel_map, gradient_batches, prepare
-from engine.viz.cam import check_layer, weighted_map
-from engine.viz.gradcam import grad_cam_weights
+from engine.viz.attribution.base import Attribution, channel_map, gathered, prepare
+from engine.viz.attribution.cam import check_layer, weighted_map
+from engine.viz.attribution.gradcam import grad_cam_weights
 
 
 def upsample(heatmaps, shape) -> np.ndarray:
@@ -26,18 +26,10 @@ def guided_grad_cam(model, x, classes=None, layer: str = "block5_conv3", batch=1
     """Guided backprop x upsampled Grad-CAM of ``layer`` for each image's class logit."""
     x, wanted, batch = prepare(model, x, classes, batch)
     check_layer(model, layer, x)
-    n = x.shape[0]
-    guided = np.empty(x.shape, dtype=np.float32)
-    heatmaps, found, scores, probabilities = [], [], [], []
-    for part in gradient_batches(model, n, lambda a, b: x[a:b], wanted, "guided", batch, layer, progress):
-        guided[part.start : part.stop] = part.gradients
-        heatmaps.append(weighted_map(part.activations, grad_cam_weights(part.activations, part.layer_gradients)))
-        found.append(part.classes)
-        scores.append(part.logits[np.arange(part.stop - part.start), part.classes].astype(np.float64))
-        probabilities.append(part.probabilities)
-    heatmaps = np.concatenate(heatmaps)
-    attributions = guided * upsample(heatmaps, x.shape[1:3])[..., None]
+    g = gathered(model, x, wanted, batch, progress, relu="guided", layer=layer)
+    heatmaps = weighted_map(g.activations, grad_cam_weights(g.activations, g.layer_gradients))
+    attributions = g.gradients * upsample(heatmaps, x.shape[1:3])[..., None]
     return Attribution(
-        "guided-gradcam", attributions, channel_map(attributions), False, np.concatenate(found),
-        np.concatenate(scores), np.concatenate(probabilities), heatmaps=heatmaps,
+        "guided-gradcam", attributions, channel_map(attributions), False, g.classes, g.scores,
+        g.probabilities, heatmaps=heatmaps,
     )

@@ -5,10 +5,8 @@ path from a baseline to the image, times (image - baseline).
 
 The integral is a quadrature over ``steps`` points a_s with weights w_s (``RULES``):
 
-* ``trapezoid`` (default): a_s = 0, 1/(n-1), ..., 1, weights 1/(n-1) halved at both ends, the
-  trapezoid rule. Captum's ``riemann_trapezoid`` uses the same points but weights 1/n (halved at
-  the ends), which sum to (n-1)/n, not 1: every attribution comes out (n-1)/n too small (2% at 50
-  steps) and completeness can never hold better than that, so we use the textbook weights.
+* ``trapezoid`` (default): a_s = 0, 1/(n-1), ..., 1, weights 1/(n-1) halved at both ends (not
+  Captum's ``riemann_trapezoid`` weights, which sum to (n-1)/n: see docs/design.md).
 * ``left``, ``right``, ``middle``: Captum's Riemann sums (weights 1/n at a = k/n, (k+1)/n,
   (k+1/2)/n).
 * ``gausslegendre``: Gauss-Legendre nodes and weights on [0, 1], Captum's ``attribute`` default.
@@ -25,7 +23,7 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.preprocess import preprocess_input
-from engine.viz.attribution.base import Attribution, channel_map, check_count, gradient_batches, prepare, predict
+from engine.viz.attribution.base import Attribution, channel_map, check_count, gathered, gradient_batches, prepare
 
 RULES = ("trapezoid", "left", "right", "middle", "gausslegendre")
 
@@ -84,7 +82,8 @@ def integrated_gradients(
     if not np.isfinite(baselines).all():
         raise ConvscopeError("the baseline contains NaN or infinite values")
 
-    logits, probabilities = predict(model, np.concatenate([x, baselines]), batch)
+    both = gathered(model, np.concatenate([x, baselines]), None, batch, wrt_input=False)
+    logits, probabilities = both.logits, both.probabilities
     classes = np.argmax(logits[:n], axis=1).astype(np.int64) if wanted is None else wanted
     rows_n = np.arange(n)
     scores = logits[rows_n, classes].astype(np.float64)
@@ -98,8 +97,8 @@ def integrated_gradients(
 
     total = np.zeros(x.shape, dtype=np.float64)
     row_classes = np.repeat(classes, steps)
-    for part in gradient_batches(model, n * steps, make_rows, row_classes, "standard", batch, progress=progress):
-        r = np.arange(part.start, part.stop)
+    for start, stop, part in gradient_batches(model, n * steps, make_rows, row_classes, batch, progress):
+        r = np.arange(start, stop)
         weighted = part.gradients.astype(np.float64) * weights[r % steps].reshape(-1, 1, 1, 1)
         np.add.at(total, r // steps, weighted)
     attributions = ((x.astype(np.float64) - baselines) * total).astype(np.float32)

@@ -14,7 +14,7 @@ anyone who wants to check (the tests give the same noise to PyTorch).
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.viz.attribution.base import Attribution, channel_map, check_count, gradient_batches, prepare, targets
+from engine.viz.attribution.base import Attribution, channel_map, check_count, gathered, gradient_batches, prepare
 
 
 def noise_sigma(image, noise: float) -> float:
@@ -41,16 +41,16 @@ def smoothgrad(model, x, classes=None, samples=50, noise=0.15, seed=0, batch=16,
     samples = check_count(samples, "samples")
     if not np.isfinite(noise) or noise < 0:
         raise ConvscopeError(f"noise {noise!r} must be a fraction of the input range, at least 0")
-    classes, scores, probabilities = targets(model, x, wanted, batch)
+    clean = gathered(model, x, wanted, batch, wrt_input=False)
     n = x.shape[0]
 
     def make_rows(start, stop):
         rows = [noisy_copies(x[r // samples], [r % samples], noise, seed) for r in range(start, stop)]
         return np.concatenate(rows)
 
-    row_classes = np.repeat(classes, samples)
+    row_classes = np.repeat(clean.classes, samples)
     total = np.zeros(x.shape, dtype=np.float64)
-    for part in gradient_batches(model, n * samples, make_rows, row_classes, "standard", batch, progress=progress):
-        np.add.at(total, np.arange(part.start, part.stop) // samples, part.gradients)
+    for start, stop, part in gradient_batches(model, n * samples, make_rows, row_classes, batch, progress):
+        np.add.at(total, np.arange(start, stop) // samples, part.gradients)
     mean = (total / samples).astype(np.float32)
-    return Attribution("smoothgrad", mean, channel_map(mean), False, classes, scores, probabilities)
+    return Attribution("smoothgrad", mean, channel_map(mean), False, clean.classes, clean.scores, clean.probabilities)

@@ -2,7 +2,7 @@
 
 Each channel of the layer is weighted by the spatial mean of the gradient of the class score with
 respect to it; the heatmap is ReLU(mean over channels of weight x activation), scaled to a max of
-1 (see ``engine.viz.cam`` for the shared forward/backward pass and the score choice).
+1 (see ``engine.viz.attribution.cam`` for the shared forward/backward pass and the score choice).
 
     result = grad_cam(model, x)                      # each image's top class, block5_conv3
     result = grad_cam(model, x, classes=[386, 18])   # one class per image, one pass
@@ -15,7 +15,7 @@ layer's resolution: resizing them to the photo and colouring them is the caller'
 
 import numpy as np
 
-from engine.viz.cam import CamResult, class_activation_map
+from engine.viz.attribution.cam import CamResult, class_activation_map
 
 
 def grad_cam_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
@@ -23,12 +23,13 @@ def grad_cam_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarr
     return np.asarray(gradients, dtype=np.float64).mean(axis=(1, 2))
 
 
-def grad_cam(model, x, classes=None, layer: str = "block5_conv3", score: str = "logit") -> CamResult:
+def grad_cam(model, x, classes=None, layer: str = "block5_conv3", score="logit") -> CamResult:
     """Grad-CAM heatmaps of ``layer`` for a batch, one target class per image.
 
     ``classes``: None (each image's top class), one index for every image, or one per image.
-    ``score``: "logit" (the pre-softmax class score, as in the paper) or "probability" (the
-    softmax output, as the Keras example). Returns a ``CamResult`` with the heatmaps, the
-    classes used, their scores and every class probability.
+    ``score``: "logit" (the pre-softmax class score, as in the paper), "probability" (the
+    softmax output, as the Keras example) or a target function (``attribution.base``).
+    Returns a ``CamResult`` with the heatmaps, the classes used, their scores and every class
+    probability.
     """
     return class_activation_map(model, x, grad_cam_weights, classes, layer, score)

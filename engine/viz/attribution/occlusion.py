@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine.errors import ConvscopeError
-from engine.viz.attribution.base import check_count, predict, prepare
+from engine.viz.attribution.base import check_count, gathered, gradient_batches, prepare
 
 
 @dataclass
@@ -63,22 +63,21 @@ def occlusion(
     n_pos = len(positions)
     fills = x.astype(np.float64).mean(axis=(1, 2)).astype(np.float32)  # (N, C)
 
-    logits, probabilities = predict(model, x, batch)
-    classes = np.argmax(logits, axis=1).astype(np.int64) if wanted is None else wanted
-    clean = probabilities[np.arange(n), classes].astype(np.float64)
+    clean = gathered(model, x, wanted, batch, wrt_input=False)
+    classes, probabilities = clean.classes, clean.probabilities
 
-    total = n * n_pos
-    occluded = np.empty(total, dtype=np.float64)
-    for start in range(0, total, batch):
-        stop = min(total, start + batch)
-        rows = np.stack([occlude(x[r // n_pos], *positions[r % n_pos], window, fills[r // n_pos]) for r in range(start, stop)])
-        _, p = predict(model, rows, batch)
-        r = np.arange(start, stop)
-        occluded[start:stop] = p[np.arange(stop - start), classes[r // n_pos]]
-        if progress is not None:
-            progress(stop, total)
+    def make_rows(start, stop):
+        rows = range(start, stop)
+        return np.stack([occlude(x[r // n_pos], *positions[r % n_pos], window, fills[r // n_pos]) for r in rows])
 
-    drops = (np.repeat(clean, n_pos) - occluded).reshape(n, len(tops), len(lefts))
+    occluded = np.empty(n * n_pos, dtype=np.float64)
+    row_classes = np.repeat(classes, n_pos)
+    chunks = gradient_batches(model, n * n_pos, make_rows, row_classes, batch, progress, wrt_input=False)
+    for start, stop, part in chunks:
+        occluded[start:stop] = part.probabilities[np.arange(stop - start), part.classes]
+
+    unoccluded = np.repeat(probabilities[np.arange(n), classes].astype(np.float64), n_pos)
+    drops = (unoccluded - occluded).reshape(n, len(tops), len(lefts))
     sums = np.zeros((n, height, width), dtype=np.float64)
     counts = np.zeros((height, width), dtype=np.float64)
     for i, t in enumerate(tops):
