@@ -41,6 +41,17 @@ def filters(
     upscale_steps: Annotated[int, typer.Option("--upscale-steps", help="Progressive upscaling stages (0: off).")] = 0,
     upscale_factor: Annotated[float, typer.Option("--upscale-factor", help="Upscaling factor between stages.")] = 1.2,
     margin: Annotated[int, typer.Option("--margin", help="Pixels between pictures.")] = 5,
+    param: Annotated[str, typer.Option("--param", help="Image parameterisation: pixel (the Keras example) or fft (Lucid's 1/f spectrum).")] = "pixel",
+    decorrelate: Annotated[bool, typer.Option("--decorrelate", help="Lucid's decorrelated colour space (sigmoid to the valid range).")] = False,
+    robust: Annotated[bool, typer.Option("--robust", help="Lucid's transformation robustness: pad 12, jitter 8, scale, rotate, jitter 4.")] = False,
+    objective: Annotated[str, typer.Option("--objective", help="channel (mean of the filter), neuron (its centre) or direction.")] = "channel",
+    direction_from: Annotated[
+        Optional[Path], typer.Option("--direction-from", help="--objective direction: the photo whose mean activation at the layer is the direction.", show_default=False)
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Pictures per filter (or of the direction).")] = 1,
+    diversity: Annotated[float, typer.Option("--diversity", help="Weight of Lucid's diversity penalty between a filter's samples.")] = 0.0,
+    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate for --param fft / --decorrelate (Lucid's 0.05).")] = 0.05,
+    whole_layer: Annotated[bool, typer.Option("--all", help="Every channel of the layer: an atlas PNG and an HTML page, resumable.")] = False,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
@@ -48,30 +59,68 @@ def filters(
     overwrite: Overwrite = False,
     array_path: SaveArray = None,
 ):
-    """What each filter responds to: gradient ascent from gray noise (the Keras example), stitched."""
+    """What each filter responds to: gradient ascent from gray noise (the Keras example), stitched.
+
+    With --param fft / --decorrelate / --robust: Lucid's feature visualisation (Adam on a Fourier,
+    decorrelated image, robust to small moves)."""
     from engine.viz import transforms as tf
-    from engine.viz.filters import parse_filter_spec, visualize_filters
+    from engine.viz.filters import OBJECTIVES, parse_filter_spec, visualize_filters
     from engine.viz.pictures import stitch_grid
 
     if grid < 1 or margin < 0:
         raise ConvscopeError(f"--grid {grid} must be at least 1 and --margin {margin} not negative")
+    if param not in ("pixel", "fft") or objective not in OBJECTIVES:
+        raise ConvscopeError(f"--param {param} / --objective {objective}: use pixel or fft / {', '.join(OBJECTIVES)}")
+    if (objective == "direction") != (direction_from is not None):
+        raise ConvscopeError("--objective direction needs --direction-from photo.jpg (and only it takes one)")
+    if samples < 1 or (samples > 1 and chosen is None and objective != "direction") or (whole_layer and (chosen or samples > 1 or array_path)):
+        raise ConvscopeError("--samples must be >= 1 and needs --filters (or a direction); --all takes none of "
+                             "--filters, --samples, --save-array (its tiles are kept beside the atlas)")
+    photo = load_image(direction_from) if direction_from is not None else None  # a bad photo fails first
     indices = parse_filter_spec(chosen) if chosen is not None else None
-    out = check_output(out if out is not None else Path(f"filters_{layer}.png"), overwrite)
+    if whole_layer:
+        from commands.layer_atlas import check_atlas_outputs
+
+        check_atlas_outputs(out if out is not None else Path(f"atlas_{layer}.png"), overwrite)
+    else:
+        out = check_output(out if out is not None else Path(f"filters_{layer}.png"), overwrite)
     check_array_output(array_path, overwrite)
     model = load_model(weights, device)
     resolve_layer(model, layer)
+    direction = None
+    if photo is not None:
+        from engine.images import resize_image
+
+        x = engine.preprocess_input(resize_image(photo, (224, 224)))
+        direction = model.forward(x, outputs=[layer])[layer].mean(axis=(0, 1, 2))
     moves = [tf.jitter(jitter)] if jitter > 0 else []
     if scale > 0 or rotate > 0:
         factors = np.linspace(1 - scale, 1 + scale, 5) if scale > 0 else (1.0,)
         degrees = np.linspace(-rotate, rotate, 11) if rotate > 0 else (0.0,)
         moves.append(tf.Affine(factors, degrees))
+    options = dict(
+        size=size, steps=steps, step_size=step_size, seed=seed, transforms=moves, tv=tv, l2=l2,
+        upscale_steps=upscale_steps, upscale_factor=upscale_factor, param=param, decorrelate=decorrelate,
+        lr=lr, robust=robust, objective=objective, direction=direction, samples=samples, diversity=diversity,
+    )
     start = time.perf_counter()
-    with progress(f"filters of {layer}") as update:
-        result = visualize_filters(
-            model, layer, filters=indices, scan=scan, keep=grid * grid, size=size, steps=steps,
-            step_size=step_size, seed=seed, batch=batch, transforms=moves, tv=tv, l2=l2,
-            upscale_steps=upscale_steps, upscale_factor=upscale_factor, callback=update,
+    if whole_layer:
+        from commands.layer_atlas import layer_atlas
+
+        out = out if out is not None else Path(f"atlas_{layer}.png")
+        key_options = {**options, "transforms": [jitter, scale, rotate]}  # the moves, as given
+        with progress(f"channels of {layer}") as update:
+            picture, channels, reused = layer_atlas(
+                model, layer, out, weights, model.device, options, batch, overwrite, update, key_options
+            )
+        typer.echo(
+            f"wrote {out} and {out.with_suffix('.html')} ({picture.shape[1]}x{picture.shape[0]}: {channels} channels "
+            f"of {layer}, {reused} kept from an earlier run) in {time.perf_counter() - start:.1f} s on {model.device}"
         )
+        return
+    with progress(f"filters of {layer}") as update:
+        result = visualize_filters(model, layer, filters=indices, scan=scan, keep=grid * grid, batch=batch,
+                                   callback=update, **options)
     elapsed = time.perf_counter() - start
     n_scanned, n_shown = len(result.scanned_filters), len(result.filters)
     if n_shown == 0:

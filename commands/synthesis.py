@@ -317,6 +317,10 @@ def classmax(
         float,
         typer.Option("--clip-contribution", help="Zero the pixels contributing least (below this percentile) each step; costs a pass."),
     ] = 0.0,
+    param: Annotated[str, typer.Option("--param", help="pixel (Yosinski's ascent) or fft (Lucid's 1/f spectrum, Adam).")] = "pixel",
+    decorrelate: Annotated[bool, typer.Option("--decorrelate", help="Lucid's decorrelated colour space (Adam).")] = False,
+    robust: Annotated[bool, typer.Option("--robust", help="With --param fft / --decorrelate: Lucid's jitter, scale, rotate.")] = False,
+    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate for --param fft / --decorrelate.")] = 0.05,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
@@ -342,6 +346,7 @@ def classmax(
             model, classes, steps=steps, step_size=step_size, score=score.value, l2_decay=l2_decay,
             blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter, clip_norm=clip_norm,
             clip_contribution=clip_contribution, seed=seed, callback=lambda step, loss: update(step + 1),
+            param=param, decorrelate=decorrelate, robust=robust, lr=lr,
         )
     for i, k in enumerate(classes):
         p = result.probabilities[i]

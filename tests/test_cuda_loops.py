@@ -417,3 +417,16 @@ def test_affine_falls_back_to_the_host_and_says_so(models, small_launches):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Jitter(2).apply(gpu.backend, gpu.backend.asarray(x), rng_gpu, out)
+
+
+def test_lucid_filters_on_cuda_equal_the_cpu(models, small_launches, monkeypatch):
+    """Fourier + decorrelated images and Adam on the device (the robustness transforms' ops, pad
+    included, are the kernels tested above; with them the simulator takes ~2 minutes here)."""
+    from kernels.cuda import fourier
+    from tests.test_lucid_filters import run
+
+    monkeypatch.setattr(fourier, "THREADS", 8)  # strided passes: any block size is correct
+    options = dict(param="fft", decorrelate=True, filters=[3], steps=2, size=6)
+    cpu, gpu = (run(model, layer="c2", **options) for model in models)
+    assert cpu.losses[0] > 0 and rel_err(gpu.raw, cpu.raw) < RUN_TOL
+    np.testing.assert_allclose(gpu.losses, cpu.losses, rtol=RUN_TOL, atol=1e-6)

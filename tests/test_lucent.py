@@ -5,8 +5,8 @@ colour + sigmoid, ``channel`` objective, Adam lr 0.05, no transforms) from a sto
 spectrum on VGG16 built in PyTorch from the synthetic notop file, with the caffe conversion as the
 model's first step. Here the same steps run on the engine: ``engine.viz.param.image`` for the
 image, ``Model.input_gradient`` for d objective / d image, the parameterisation's adjoint for the
-spectrum's gradient, and Adam written out below as ``torch.optim.Adam`` computes it (the shared
-optimisation loop that will run this for ``filters`` is not part of this test).
+spectrum's gradient, and the engine's one optimisation loop (``optimise`` with ``param`` and the
+``Adam`` step rule, no bounds or quantisation: ``torch.optim.Adam``'s defaults).
 
 Near ties. An input gradient through ReLUs and max-pools is piecewise linear (see
 ``tests/reference_models.py``): where a pool window's two largest values, or a pre-activation and
@@ -37,7 +37,9 @@ import pytest
 
 import engine
 from engine.preprocess import CAFFE_MEAN_BGR
-from engine.viz import param
+from engine.viz import objectives, param
+from engine.viz.optimise import optimise
+from engine.viz.steps import Adam
 from tests.metrics import FIXTURE_CONV, rel_err
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "lucent_reference.npz"
@@ -49,52 +51,32 @@ def reference():
     return dict(np.load(FIXTURE))
 
 
-def adam_steps(grad_fn, x, steps, lr, betas=(0.9, 0.999), eps=1e-8):
-    """``torch.optim.Adam`` (no weight decay, no amsgrad) minimising, in float32."""
-    b1, b2 = betas
-    m = np.zeros_like(x)
-    v = np.zeros_like(x)
-    for t in range(1, steps + 1):
-        g = grad_fn(x)
-        m += np.float32(1 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
-        v *= np.float32(b2)
-        v += np.float32(1 - b2) * g * g
-        step_size = lr / (1 - b1**t)
-        denom = np.sqrt(v) / np.float32(np.sqrt(1 - b2**t)) + np.float32(eps)
-        x -= np.float32(step_size) * m / denom
-    return x
-
-
 def caffe_to_rgb01(x):
     return ((np.asarray(x, np.float32) + np.asarray(CAFFE_MEAN_BGR, np.float32))[..., ::-1] / np.float32(255.0))
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_engine_follows_lucent_render(reference, vgg16_notop_file, case):
+def test_engine_loop_follows_lucent_render(reference, vgg16_notop_file, case):
     layer = str(reference[f"{case}_layer"])
     channel = int(reference[f"{case}_channel"])
     size = int(reference[f"{case}_size"])
     start = reference[f"{case}_start"]
     model = engine.load(vgg16_notop_file, conv=FIXTURE_CONV)  # see the module docstring
-    image_param = param.image((len(start), size, size))  # Lucid's defaults: fft, decorrelate, sigmoid
+    # Lucid's defaults: fft, decorrelate, sigmoid
+    image_param = param.image((len(start), size, size), backend=model.backend)
     assert image_param.param_shape == start.shape
-
-    def objective_gradient(spectrum):
-        """d(-mean of the channel over batch and positions) / d spectrum, as Lucent's channel()."""
-        images = image_param.forward(spectrum)
-        out_shape = model.output_shapes(images.shape[1:3], upto=model.layer_index(layer))[-1]
-        grad_out = np.zeros((len(images),) + tuple(out_shape), np.float32)
-        grad_out[..., channel] = -1.0 / (grad_out[..., channel].size)
-        return image_param.backward(model.input_gradient(images, layer, grad_out)).copy()
-
-    spectrum = adam_steps(objective_gradient, start.copy(), int(reference["steps"]), float(reference["lr"]))
-    images = caffe_to_rgb01(image_param.forward(spectrum))
-    assert rel_err(spectrum, reference[f"{case}_params"]) < 1e-3
+    # Lucent's channel(): minus the mean of the channel over the batch and positions
+    loss = (-1.0 / len(start)) * objectives.channel(layer, channel)
+    result = optimise(model, start, loss, Adam(lr=float(reference["lr"])), int(reference["steps"]), param=image_param)
+    images = caffe_to_rgb01(result.images)
+    assert rel_err(result.params, reference[f"{case}_params"]) < 1e-3
     assert rel_err(images, reference[f"{case}_images"]) < 1e-3
     # the optimisation did something: the channel grew from its start value
-    mean = model.forward(image_param.forward(spectrum), outputs=[layer])[layer][..., channel].mean()
+    mean = model.forward(result.images, outputs=[layer])[layer][..., channel].mean()
     objective = reference[f"{case}_objective"]
     assert mean == pytest.approx(objective[1], rel=1e-3) and objective[1] > objective[0] + 1.0
+    # the losses the loop measured are Lucent's objective before each step
+    assert -result.losses[0].sum() == pytest.approx(objective[0], rel=1e-3)
 
 
 def engine_objective_gradient(model, image_param, layer, channel):

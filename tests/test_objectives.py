@@ -9,7 +9,7 @@ from engine.model import Model
 from engine.viz import objectives as obj
 from engine.viz.optimise import above, nonpositive, optimise
 from engine.viz.steps import Ascent
-from engine.viz.transforms import Affine, Jitter, adjoint_all, apply_all, standard_transforms
+from engine.viz.transforms import Affine, Jitter, Pad, adjoint_all, apply_all, standard_transforms
 from tests.synthetic import uniform
 from tests.test_model import small_spec
 
@@ -44,6 +44,12 @@ def acts64():
         (obj.channel("conv", 2, border=1), "conv"),
         (obj.mean_square("conv", border=1), "conv"),
         (obj.dream({"conv": 0.7}, border=2), "conv"),
+        (obj.neuron("conv", [1, 3]), "conv"),
+        (obj.neuron("conv", 2, y=5, x=0), "conv"),
+        (obj.direction("conv", [0.3, -1.0, 0.5, 2.0]), "conv"),
+        (obj.direction("conv", [[0.3, -1.0, 0.5, 2.0], [1.0, 0.0, 0.0, 0.0]]), "conv"),
+        (obj.diversity("conv"), "conv"),
+        (obj.channel("conv", 1) - 10.0 * obj.diversity("conv"), "conv"),
         (obj.class_logit([4, 0]), "logits"),
         (obj.l2(center=uniform(11, "center", (2, 5, 4, 3), -1, 1)), "input"),
         (obj.l2(), "input"),
@@ -63,6 +69,21 @@ def test_objective_gradients_match_finite_differences(objective, name):
     np.testing.assert_allclose(grads[name], expected, rtol=1e-5, atol=1e-7)
 
 
+def test_lucent_definitions():
+    """neuron, direction and diversity as Lucent computes them (NumPy transcriptions)."""
+    a = acts64()["conv"]  # (2, 6, 5, 4)
+    np.testing.assert_allclose(obj.neuron("conv", [1, 3])({"conv": a})[0], [a[0, 3, 2, 1], a[1, 3, 2, 3]])
+    d = np.array([0.3, -1.0, 0.5, 2.0])
+    cosine = (a @ d) / (np.linalg.norm(a, axis=3) * np.linalg.norm(d))
+    np.testing.assert_allclose(obj.direction("conv", d)({"conv": a})[0], cosine.mean(axis=(1, 2)))
+    x = np.concatenate([a, a[:1] * 2.0])  # sample 2's Gram is sample 0's, scaled
+    grams = np.einsum("nhwc,nhwd->ncd", x, x)
+    grams /= np.linalg.norm(grams.reshape(3, -1), axis=1)[:, None, None]
+    lucid = sum((grams[i] * grams[j]).sum() for i in range(3) for j in range(3) if j != i) / 3
+    loss = obj.diversity("conv")({"conv": x})[0]
+    assert loss.sum() == pytest.approx(lucid) and loss[0] == pytest.approx(loss[2])
+
+
 def test_channel_loss_is_the_mean_of_each_samples_channel():
     a = acts64()["conv"]
     loss, _ = obj.channel("conv", [1, 3])({"conv": a})
@@ -72,25 +93,39 @@ def test_channel_loss_is_the_mean_of_each_samples_channel():
 REFERENCE64 = get_backend("reference", np.float64)
 
 
-@pytest.mark.parametrize("transform", [Jitter(3), Affine((0.9, 1.1), (-7, 12))])
+@pytest.mark.parametrize("transform", [Jitter(3), Affine((0.9, 1.1), (-7, 12)), Pad(2, 0.0)])
 def test_transform_adjoint(transform):
     x = uniform(12, "x", (2, 9, 11, 3), -1, 1).astype(np.float64)
-    y = uniform(12, "y", (2, 9, 11, 3), -1, 1).astype(np.float64)
-    tx = np.zeros_like(x)
+    shape = transform.output_shape(x.shape)
+    y = uniform(12, "y", shape, -1, 1).astype(np.float64)
+    tx = np.zeros(shape)
     state = transform.apply(REFERENCE64, x, np.random.default_rng(3), tx)
     lhs = np.sum(tx * y)
-    rhs = np.sum(x * transform.adjoint(REFERENCE64, y, state, np.zeros_like(y)))
+    rhs = np.sum(x * transform.adjoint(REFERENCE64, y, state, np.zeros_like(x)))
     assert abs(lhs - rhs) < 1e-9 * (abs(lhs) + 1)
 
 
 def test_composed_transforms_adjoint_and_change_the_image():
     x = uniform(13, "x", (1, 16, 16, 3), -1, 1).astype(np.float64)
-    y = uniform(13, "y", (1, 16, 16, 3), -1, 1).astype(np.float64)
-    ts = standard_transforms(jitter_pixels=2)
+    ts = standard_transforms(pad_value=[0.5, -1.0, 2.0], pad_pixels=3, jitter_pixels=2)
+    y = uniform(13, "y", (1, 22, 22, 3), -1, 1).astype(np.float64)
     buffers = REFERENCE64.buffers()
     tx, states = apply_all(buffers, ts, x, np.random.default_rng(5))
-    assert not np.allclose(tx, x)
-    assert abs(np.sum(tx * y) - np.sum(x * adjoint_all(buffers, ts, y, states))) < 1e-9 * np.abs(tx * y).sum()
+    tx = tx.copy()  # a buffer of the next apply_all
+    assert tx.shape == y.shape and not np.allclose(tx[:, 3:-3, 3:-3], x)
+    # the constant border is affine, not linear: the adjoint pairs with T(x) - T(0)
+    t0, _ = apply_all(buffers, ts, np.zeros_like(x), np.random.default_rng(5))
+    linear = tx - t0
+    assert abs(np.sum(linear * y) - np.sum(x * adjoint_all(buffers, ts, y, states))) < 1e-9 * np.abs(linear * y).sum()
+
+
+def test_pad_is_a_constant_border():
+    x = uniform(14, "x", (2, 4, 5, 3), -1, 1).astype(np.float32)
+    out = np.zeros((2, 8, 9, 3), np.float32)
+    Pad(2, [1.0, 2.0, 3.0]).apply(get_backend("cpu"), x, None, out)
+    expected = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    expected[:, :2] = expected[:, -2:] = expected[:, :, :2] = expected[:, :, -2:] = [1.0, 2.0, 3.0]
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,12 @@ The steps are ``optimise`` with ``steps.Ascent`` (the shared loop, gradient norm
 run in chunks between regularisations (NumPy on the host batch); each chunk's jitter is seeded
 from (seed, step), so the same seed gives the same bytes. Without jitter the run is
 deterministic. Arrays: NHWC float32, caffe space.
+
+Lucid's recipe instead (``param="fft"`` and/or ``decorrelate``, as ``filters``): the image is an
+``engine.viz.param.image`` (sigmoid to the valid range) from Lucid's normal(0, 0.01) start drawn
+from ``default_rng(seed)``, and ``optimise`` runs ``Adam(lr)`` on minus the class score for all
+``steps``, with ``robust`` Lucid's transforms but the pad (a classifier's dense layers fix its
+input size); Yosinski's regularisers, ``noise`` and ``init`` do not apply.
 """
 
 from dataclasses import dataclass
@@ -27,10 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ConvscopeError
+from engine.viz import param as image_param
 from engine.viz.objectives import class_logit
 from engine.viz.optimise import objective_gradient, optimise
-from engine.viz.steps import Ascent
-from engine.viz.transforms import Jitter
+from engine.viz.steps import Adam, Ascent
+from engine.viz.transforms import Jitter, standard_transforms
 
 SCORES = ("logit", "probability")
 DEFAULT_STEP_SIZE = 2.0  # caffe units per step for the RMS-normalised gradient
@@ -102,6 +109,10 @@ def class_model(
     init=None,
     seed: int = 0,
     callback=None,
+    param: str = "pixel",
+    decorrelate: bool = False,
+    robust: bool = False,
+    lr: float = 0.05,
 ) -> ClassModelResult:
     """Optimise one image per class in ``classes`` (an index or a list); see the module docstring.
 
@@ -147,6 +158,15 @@ def class_model(
 
     layer = "logits" if score == "logit" else model.layer_names[-1]
     objective = class_logit(classes, layer=layer)
+    if param != "pixel" or decorrelate:
+        if param not in ("pixel", "fft") or channels != 3:
+            raise ConvscopeError(f"param {param!r}: use pixel or fft, on a network that reads 3 colour channels")
+        p = image_param.image(shape[:3], backend=model.backend, fft=param == "fft", decorrelate=decorrelate)
+        moves = standard_transforms(pad_pixels=0) if robust else []
+        run = optimise(model, p.initial(seed), -objective, Adam(lr), steps, transforms=moves, seed=seed, param=p,
+                       callback=None if callback is None else (lambda s, loss: callback(s, -loss)))
+        return ClassModelResult(images=run.images, probabilities=model.predict(run.images), losses=-run.losses,
+                                classes=classes.astype(np.int64))
     transforms = [Jitter(jitter)] if jitter else []
     blur = blur_every > 0 and blur_sigma > 0
     every_step = l2_decay > 0 or clip_norm > 0 or clip_contribution > 0

@@ -34,6 +34,21 @@ Options for better pictures (all off by default, which gives the example):
   and resampled in float, without the 8-bit quantisation. Unlike that example, the last stage
   also runs its ascent at full size. A filter that stops in one stage stays dropped.
 
+Lucid's options (``param``, ``decorrelate``, ``robust``, ``objective``, ``diversity``): with
+``param="fft"`` or ``decorrelate`` the image is an ``engine.viz.param.image`` (Fourier 1/f
+spectrum and/or decorrelated colour, sigmoid to the valid range; caffe-space network inputs, as
+Lucid's pictures are RGB in [0, 1]) started from Lucid's normal(0, 0.01) parameters, one
+generator per picture, and ``optimise`` runs Lucid's ``Adam(lr)`` (0.05) on minus the objective
+for all ``steps`` (no stopping rule); the pictures are the images themselves (``deprocess``) and a
+picture's loss is its objective's target (channel, neuron or direction) measured at the final
+image. ``robust`` appends Lucid's ``transforms.standard_transforms`` (its pad is gray in the
+image's units). ``objective``: ``"channel"`` (the example's), ``"neuron"`` (the filter's centre
+position) or ``"direction"`` (``direction``, a vector of the layer's channels, one target for
+every picture: the "filters" are then picture numbers 0..samples-1). ``samples`` pictures per
+target, from the generators ``[seed, target, k]`` (k > 0; k = 0 is ``[seed, target]``);
+``diversity`` w subtracts w * ``objectives.diversity(layer)``, which compares the pictures of one
+batch, so each target's samples are then one batch.
+
 On the CUDA backend each batch of filters is optimised on the device: ``optimise`` copies the
 start images there once, and the objective (``channel``, with the ``tv`` and ``l2`` penalties),
 the jitter, the normalisation and the masked step all run as kernels; per step only the batch's
@@ -51,15 +66,19 @@ import numpy as np
 
 from engine.errors import ConvscopeError
 from engine.model import layer_output_shape
-from engine.preprocess import resize
-from engine.viz import objectives
+from engine.preprocess import CAFFE_MEAN_BGR, deprocess, resize
+from engine.viz import objectives, param as image_param
 from engine.viz.optimise import nonpositive, optimise
 from engine.viz.pictures import standardize_to_uint8
-from engine.viz.steps import Ascent
+from engine.viz.steps import Adam, Ascent
+from engine.viz.transforms import standard_transforms
 
 GRAY = 128.0
 NOISE = 20.0
 RMS_EPS = 1e-5
+LUCID_LR = 0.05  # Lucid's Adam learning rate for its parameterised images
+CAFFE_GRAY = 127.5 - np.asarray(CAFFE_MEAN_BGR)  # Lucid's pad value 0.5, in caffe units
+OBJECTIVES = ("channel", "neuron", "direction")
 
 
 @dataclass
@@ -72,16 +91,19 @@ class FilterResult:
     scanned_losses: np.ndarray  # float32 (n,): their final losses (<= 0: dropped)
 
 
-def start_images(filters, size, seed=0, channels=3) -> np.ndarray:
-    """The example's noisy gray start image, one per filter from ``default_rng([seed, filter])``.
+def _generator(seed, target, sample=0):
+    return np.random.default_rng([int(seed), int(target)] + ([int(sample)] if sample else []))
+
+
+def start_images(filters, size, seed=0, channels=3, samples=None) -> np.ndarray:
+    """The example's noisy gray start image, one per filter from ``default_rng([seed, filter])``
+    (``[seed, filter, k]`` for a filter's sample k > 0, ``samples`` (n,) giving each one's k).
 
     Returns float64 (n, size, size, channels), as the example's ``np.random.random`` does.
     """
+    samples = np.zeros(len(filters), np.int64) if samples is None else samples
     return np.stack(
-        [
-            (np.random.default_rng([int(seed), int(f)]).random((size, size, channels)) - 0.5) * NOISE + GRAY
-            for f in filters
-        ]
+        [(_generator(seed, f, k).random((size, size, channels)) - 0.5) * NOISE + GRAY for f, k in zip(filters, samples)]
     )
 
 
@@ -136,8 +158,17 @@ def _channel_count(model, layer, sizes):
     return shape[2]
 
 
-def _objective(layer, filters, n_values, tv, l2):
-    objective = objectives.channel(layer, filters)
+def _target(kind, layer, filters, direction):
+    """The objective a picture is judged by (its loss): see the module docstring."""
+    if kind == "direction":
+        return objectives.direction(layer, direction)
+    return objectives.neuron(layer, filters) if kind == "neuron" else objectives.channel(layer, filters)
+
+
+def _objective(target, n_values, tv, l2, diversity=0.0, layer=None):
+    objective = target
+    if diversity:
+        objective = objective - float(diversity) * objectives.diversity(layer)
     if tv:
         objective = objective - (float(tv) / n_values) * objectives.total_variation()
     if l2:
@@ -153,10 +184,12 @@ def _upscale(x, size):
     return np.stack([resize(image, (size, size), "bicubic") for image in x])
 
 
-def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transforms, tv, l2, report):
+def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transforms, tv, l2, report, look):
     """Run every stage on one batch of filters; returns (float32 images at the last size, losses)."""
-    x = start_images(filters, sizes[0], seed, model.input_shape[2]).astype(np.float32)
-    filters = np.asarray(filters)
+    if look["lucid"]:
+        return _optimise_lucid(model, layer, filters, sizes[-1], steps, seed, transforms, tv, l2, report, look)
+    x = start_images(filters[:, 0], sizes[0], seed, model.input_shape[2], filters[:, 1]).astype(np.float32)
+    filters = filters[:, 0]
     alive = np.ones(len(filters), dtype=bool)
     final = np.zeros(len(filters), dtype=np.float32)
     for stage, size in enumerate(sizes):
@@ -164,7 +197,8 @@ def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transf
             x = _upscale(x, size)
         rows = np.flatnonzero(alive)
         if len(rows):
-            objective = _objective(layer, filters[rows], x[0].size, tv, l2)
+            target = _target(look["objective"], layer, filters[rows], look["direction"])
+            objective = _objective(target, x[0].size, tv, l2, look["diversity"], layer)
             result = optimise(
                 model, x[rows], objective, Ascent(step_size, "rms", RMS_EPS), steps, transforms=transforms,
                 stops=[nonpositive()], seed=seed + stage, callback=lambda step, _loss: report(stage, step + 1),
@@ -174,6 +208,21 @@ def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transf
             alive[rows] = final[rows] > 0
         report(stage, steps)
     return x, final
+
+
+def _optimise_lucid(model, layer, pictures, size, steps, seed, transforms, tv, l2, report, look):
+    """Lucid's run on one batch of (target, sample) pictures: a parameterised image, Adam on minus
+    the objective; returns (float32 caffe images, each target's value at its final image)."""
+    targets, samples = pictures[:, 0], pictures[:, 1]
+    p = image_param.image((len(pictures), size, size), backend=model.backend, fft=look["param"] == "fft",
+                          decorrelate=look["decorrelate"], valid="sigmoid")
+    start = np.stack([_generator(seed, t, k).standard_normal(p.param_shape[1:]) for t, k in zip(targets, samples)]) * p.sd
+    target = _target(look["objective"], layer, targets, look["direction"])
+    objective = _objective(target, size * size * 3, tv, l2, look["diversity"], layer)
+    result = optimise(model, start.astype(np.float32), -objective, Adam(look["lr"]), steps, transforms=transforms,
+                      seed=seed, param=p, callback=lambda step, _loss: report(0, step + 1))
+    acts = model.forward(result.images, outputs=[layer])
+    return result.images, target(acts)[0].astype(np.float32)
 
 
 def visualize_filters(
@@ -193,6 +242,14 @@ def visualize_filters(
     upscale_steps: int = 0,
     upscale_factor: float = 1.2,
     callback=None,
+    param: str = "pixel",
+    decorrelate: bool = False,
+    lr: float = LUCID_LR,
+    robust: bool = False,
+    objective: str = "channel",
+    direction=None,
+    samples: int = 1,
+    diversity: float = 0.0,
 ) -> FilterResult:
     """Optimise one image per filter of ``layer``; see the module docstring for the algorithm.
 
@@ -200,15 +257,33 @@ def visualize_filters(
     returns those with a positive loss, best first, at most ``keep`` of them; a list of indices
     returns exactly those, in the given order, with no selection. ``batch`` filters are optimised
     together (memory grows with it). ``callback(done, total)`` reports progress in ascent steps.
+    ``param`` .. ``diversity``: Lucid's options (module docstring); with ``samples`` > 1 each
+    target's pictures follow each other, and ``raw`` / ``filters`` / ``losses`` have one row each.
     """
+    lucid = param != "pixel" or decorrelate
+    if param not in ("pixel", "fft") or objective not in OBJECTIVES:
+        raise ConvscopeError(f"param {param!r} / objective {objective!r}: use pixel or fft / {', '.join(OBJECTIVES)}")
+    if samples < 1 or (lucid and upscale_steps) or (objective == "direction") != (direction is not None):
+        raise ConvscopeError("samples must be >= 1; upscaling is for pixel images; a direction goes with "
+                             "objective 'direction' (and only there)")
+    if samples > 1 and filters is None and objective != "direction":
+        raise ConvscopeError("several samples per filter need the filters chosen (no scan)")
+    look = dict(lucid=lucid, param=param, decorrelate=decorrelate, lr=float(lr), objective=objective,
+                direction=direction, diversity=float(diversity))
+    if robust:
+        transforms = list(transforms) + standard_transforms(pad_value=CAFFE_GRAY if lucid else GRAY)
     if size < 1 or steps < 1 or batch < 1:
         raise ConvscopeError(f"size {size}, steps {steps} and batch {batch}: give positive numbers")
     if upscale_steps < 0 or (upscale_steps and upscale_factor <= 1.0):
         raise ConvscopeError("progressive upscaling needs upscale_steps >= 0 and a factor above 1")
     sizes = stage_sizes(size, upscale_steps, upscale_factor)
     channels = _channel_count(model, layer, sizes)
-    selecting = filters is None
-    if selecting:
+    selecting = filters is None and objective != "direction"
+    if objective == "direction":
+        if np.shape(direction)[-1:] != (channels,):
+            raise ConvscopeError(f"a direction at {layer} needs {channels} values, got shape {np.shape(direction)}")
+        chosen = np.zeros(1, dtype=np.int64)
+    elif selecting:
         if scan < 1:
             raise ConvscopeError(f"scan {scan}: give at least 1 filter to scan")
         chosen = np.arange(min(int(scan), channels), dtype=np.int64)
@@ -221,20 +296,23 @@ def visualize_filters(
                 + (f"filter {int(bad[0])} does not exist" if len(bad) else "no filter was given")
             )
 
-    total = len(chosen) * len(sizes) * steps
-    raw = np.empty((len(chosen), size, size, model.input_shape[2]), dtype=np.float32)
-    losses = np.empty(len(chosen), dtype=np.float32)
-    for start in range(0, len(chosen), batch):
-        part = chosen[start : start + batch]
+    pictures = np.stack([np.repeat(chosen, samples), np.tile(np.arange(samples), len(chosen))], axis=1)
+    batch = samples if diversity else batch  # the diversity penalty compares one target's samples
+    total = len(pictures) * len(sizes) * steps
+    raw = np.empty((len(pictures), size, size, model.input_shape[2]), dtype=np.float32)
+    losses = np.empty(len(pictures), dtype=np.float32)
+    for start in range(0, len(pictures), batch):
+        part = pictures[start : start + batch]
 
         def report(stage, step, done=start * len(sizes) * steps, n=len(part)):
             if callback is not None:
                 callback(done + n * (stage * steps + step), total)
 
         raw[start : start + len(part)], losses[start : start + len(part)] = _optimise_batch(
-            model, layer, part, sizes, steps, step_size, seed, list(transforms), tv, l2, report
+            model, layer, part, sizes, steps, step_size, seed, list(transforms), tv, l2, report, look
         )
 
+    chosen = pictures[:, 1] if objective == "direction" else pictures[:, 0]
     order = np.arange(len(chosen))
     if selecting:
         positive = np.flatnonzero(losses > 0)
@@ -242,7 +320,7 @@ def visualize_filters(
         if keep is not None:
             order = order[: max(0, int(keep))]
     return FilterResult(
-        images=standardize_to_uint8(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
+        images=(deprocess if lucid else standardize_to_uint8)(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
         raw=raw[order],
         filters=chosen[order],
         losses=losses[order],

@@ -16,9 +16,17 @@ As in Lucent, objectives combine with ``+``, ``-`` and scalar ``*``:
 Per-sample targets are real batches: ``channel(layer, [0, 1, 2, 3])`` asks each of four images
 for its own filter; ``class_logit([65, 18])`` each of two images for its own class.
 
-Where the arithmetic runs: ``channel``, ``class_logit``, ``mean_square`` / ``dream``, ``l2`` and
+Feature-visualisation objectives, as Lucid/Lucent define them: ``channel`` (a filter's mean),
+``neuron`` (one position of a filter, the centre by default), ``direction`` (the mean cosine
+between a vector of the layer's channel space and each position's activations) and
+``diversity`` (the similarity of the batch's normalised Gram matrices, a penalty: subtract it so
+the N pictures of one filter differ):
+
+    channel("block4_conv1", 7) - 100 * diversity("block4_conv1")
+
+Where the arithmetic runs: ``channel``, ``neuron``, ``class_logit``, ``mean_square`` / ``dream``, ``l2`` and
 ``total_variation`` are the backend's score ops (``kernels.LOOP_OPS``), on the device on CUDA.
-Terms that no op computes (``alpha_norm``, the Gram and feature losses of ``gram.py``, the
+Terms that no op computes (``direction``, ``diversity``, ``alpha_norm``, the Gram and feature losses of ``gram.py``, the
 fooling cross-entropy) are ``host_term``s: NumPy on the host copy of their one layer, the result
 added back with ``axpy``; on a device backend that copies the layer and its gradient each step.
 
@@ -134,6 +142,69 @@ def channel(layer, index, border=0):
         acc.ops.channel_sum(a, idx, (y0, y1, x0, x1), weight / ((y1 - y0) * (x1 - x0)), acc.loss, acc.grads[layer])
 
     return Objective(score, [layer], f"channel({layer}, {index})")
+
+
+def neuron(layer, index, y=None, x=None):
+    """Activation of channel ``index`` (one per sample, or one for all) at position (y, x) of a
+    conv layer; default the centre (H // 2, W // 2, Lucent's choice for even sizes)."""
+    key = object()
+
+    def score(acc, weight):
+        a = acc.acts[layer]
+        cy, cx = a.shape[1] // 2 if y is None else int(y), a.shape[2] // 2 if x is None else int(x)
+        if not (0 <= cy < a.shape[1] and 0 <= cx < a.shape[2]):
+            raise ValueError(f"position ({cy}, {cx}) is outside {layer}'s {a.shape[1]}x{a.shape[2]} output")
+        idx = acc.buffers.constant(key, per_sample(index, a.shape[0]))
+        acc.ops.channel_sum(a, idx, (cy, cy + 1, cx, cx + 1), weight, acc.loss, acc.grads[layer])
+
+    return Objective(score, [layer], f"neuron({layer}, {index}, {y}, {x})")
+
+
+COSINE_EPS = 1e-8  # torch.nn.CosineSimilarity's
+
+
+def direction(layer, vector):
+    """Mean over positions of the cosine between ``vector`` ((C,), or (N, C): one per sample) and
+    the activation vector at each position of ``layer`` (Lucent's ``direction``); norms below
+    1e-8 count as 1e-8, as torch's cosine similarity."""
+    vector = np.asarray(vector, dtype=np.float64)
+
+    def fn(a):
+        n, h, w, c = a.shape
+        d = np.broadcast_to(vector, (n, c)).astype(np.float64)
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), COSINE_EPS)
+        flat = a.reshape(n, h * w, c).astype(np.float64)
+        norm = np.maximum(np.linalg.norm(flat, axis=2, keepdims=True), COSINE_EPS)
+        cosine = np.einsum("npc,nc->np", flat, d)[..., None] / norm
+        grad = (d[:, None, :] - cosine * flat / norm * (norm > COSINE_EPS)) / norm / (h * w)
+        return cosine.mean(axis=(1, 2)), grad.reshape(a.shape).astype(a.dtype)
+
+    return host_term(layer, fn, f"direction({layer})")
+
+
+GRAM_EPS = 1e-12  # torch.nn.functional.normalize's
+
+
+def diversity(layer):
+    """Lucid's diversity penalty: with G_n the Gram matrix (C, C) of sample n's activations at
+    ``layer`` divided by its Frobenius norm, sample n scores sum over m != n of <G_n, G_m> / N
+    (the scores add up to Lucid's value). The gradient is that of the batch's total, so
+    maximising ``- w * diversity`` pushes the samples' Grams apart."""
+
+    def fn(a):
+        n, h, w, c = a.shape
+        flat = a.reshape(n, h * w, c).astype(np.float64)
+        grams = np.einsum("npc,npd->ncd", flat, flat)
+        norms = np.maximum(np.sqrt(np.einsum("ncd,ncd->n", grams, grams)), GRAM_EPS)[:, None, None]
+        unit = grams / norms
+        others = unit.sum(axis=0, keepdims=True) - unit  # sum over m != n of G_m
+        loss = np.einsum("ncd,ncd->n", unit, others) / n
+        d_unit = 2.0 * others / n
+        d_gram = (d_unit - unit * np.einsum("ncd,ncd->n", unit, d_unit)[:, None, None]) / norms
+        grad = np.einsum("npc,ncd->npd", flat, d_gram + d_gram.transpose(0, 2, 1))
+        return loss, grad.reshape(a.shape).astype(a.dtype)
+
+    return host_term(layer, fn, f"diversity({layer})")
 
 
 def class_logit(index, layer="logits"):

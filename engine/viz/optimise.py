@@ -21,6 +21,12 @@ that step still applies). ``above(max_loss)`` (Keras ``deep_dream``) and ``nonpo
 (Keras ``conv_filter_visualization``) are the anchors'. A frozen sample keeps its image; the
 loop ends when every sample is frozen or after ``steps`` steps.
 
+Image parameterisations (``engine.viz.param``): with ``param``, x holds the parameters the
+rule moves (``param.param_shape``, e.g. a Fourier spectrum) and the network sees
+``param.forward(x)``; the image gradient goes back through ``param.backward`` (its exact
+adjoint) before the step. Input-space objective terms and the transforms see the image. Without
+``param`` (the identity) x is the image, exactly as before.
+
 Where arrays live: on the model's backend, in buffers (``Backend.buffers``) that every step
 reuses: the batch, the activations, the losses and gradients, the transforms' outputs, the
 step's work. Per step only the N losses come to the host (the stopping rules and the callback
@@ -46,6 +52,7 @@ class Result:
     active: np.ndarray  # (N,) False for samples a stopping rule froze
     final_loss: np.ndarray  # (N,) each sample's loss at the last step it took part in (the
     # number the Keras examples report; for a sample frozen before an update, the loss that stopped it)
+    params: np.ndarray | None = None  # with ``param``: the optimised parameters (host); images = forward(params)
 
 
 @dataclass
@@ -96,24 +103,38 @@ def objective_gradient(model, x, objective, relu="standard"):
 
 
 def optimise(model, x, objective, rule, steps: int, transforms=(), stops=(), seed: int = 0,
-             relu: str = "standard", callback=None) -> Result:
+             relu: str = "standard", callback=None, param=None) -> Result:
     """Run ``rule`` on ``objective`` over the batch x for at most ``steps`` steps; see the module
     docstring. ``seed`` seeds the transforms; ``relu`` is the backward's ReLU mode;
-    ``callback(step, loss)`` runs after every step (progress display)."""
+    ``callback(step, loss)`` runs after every step (progress display); ``param``: an
+    ``engine.viz.param.ImageParam`` on the model's backend, x then being its parameters."""
     backend = model.backend
     keep = backend.owns(x)
     if not keep:
         x = np.asarray(x, dtype=backend.dtype)
-        x = x[None] if x.ndim == 3 else x
+        x = x[None] if x.ndim == 3 and param is None else x
+    if param is not None and param.backend.name != backend.name:
+        raise ValueError(f"the parameterisation runs on {param.backend.name}, the model on {backend.name}")
     buffers = backend.buffers()
     x = backend.copy_into(x, buffers.get("x", x.shape))
     n = x.shape[0]
+    image_of = (lambda v: v) if param is None else param.forward  # noqa: E731
+
+    def image_gradient(v, rng=None, moves=()):
+        loss, g = gradient(model, buffers, image_of(v), objective, moves, rng, relu)
+        return loss, (g if param is None else param.backward(g))
+
     if hasattr(rule, "minimise"):  # a rule that drives its own iterations (L-BFGS)
-        evaluate = lambda v: objective_gradient(model, v, objective, relu)  # noqa: E731
-        images, losses = rule.minimise(evaluate, backend.to_host(x), steps, callback)
+        if param is None:
+            evaluate = lambda v: objective_gradient(model, v, objective, relu)  # noqa: E731
+        else:
+            evaluate = lambda v: tuple(backend.to_host(a) for a in image_gradient(backend.asarray(v)))  # noqa: E731
+        found, losses = rule.minimise(evaluate, backend.to_host(x), steps, callback)
         final = losses[-1] if len(losses) else np.full(n, np.nan, np.float32)
+        images = found if param is None else backend.to_host(param.forward(backend.asarray(found)))
         images = backend.asarray(images) if keep else images
-        return Result(images, losses, np.full(n, len(losses)), np.ones(n, dtype=bool), final)
+        return Result(images, losses, np.full(n, len(losses)), np.ones(n, dtype=bool), final,
+                      None if param is None else found)
     rng = np.random.default_rng(seed)
     rule.start(buffers, x)
     active, taken = np.ones(n, dtype=bool), np.zeros(n, dtype=np.int64)
@@ -122,7 +143,7 @@ def optimise(model, x, objective, rule, steps: int, transforms=(), stops=(), see
     final_loss = np.full(n, np.nan, dtype=np.float32)
     history = []
     for step in range(steps):
-        loss, g = gradient(model, buffers, rule.seen(buffers, x), objective, transforms, rng, relu)
+        loss, g = image_gradient(rule.seen(buffers, x), rng, transforms)
         loss = backend.to_host(loss)  # the one copy to the host per step: N floats
         history.append(loss)
         final_loss[active] = loss[active]
@@ -142,7 +163,9 @@ def optimise(model, x, objective, rule, steps: int, transforms=(), stops=(), see
             callback(step, loss)
         if not active.any():
             break
-    images = rule.seen(buffers, x)
+    found = rule.seen(buffers, x)
+    images = image_of(found)
     images = backend.copy(images) if keep else backend.to_host(images)
     losses = np.array(history, dtype=np.float32).reshape(len(history), n)
-    return Result(images=images, losses=losses, steps=taken, active=active, final_loss=final_loss)
+    params = None if param is None else backend.to_host(found)
+    return Result(images=images, losses=losses, steps=taken, active=active, final_loss=final_loss, params=params)

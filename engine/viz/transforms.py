@@ -6,6 +6,9 @@ here each transform states it, on a backend's arrays:
 ``apply(backend, x, rng, out) -> state`` writes T(x) into ``out``;
 ``adjoint(backend, g, state, out) -> out`` writes T^T g into ``out``.
 
+* ``pad(pixels, value)``: a border of ``value`` (a number or one per channel) around each image,
+  (N, H, W, C) -> (N, H + 2p, W + 2p, C), on the backend's ``add_window`` op; its adjoint is
+  the crop ``copy_window`` (the border's gradient goes nowhere: it is a constant).
 * ``jitter(pixels)``: a random circular shift per step (the TensorFlow DeepDream tutorial's
   roll), the backend's ``roll`` op; its adjoint is the opposite shift, so it is exactly invertible.
 * ``scale(factors)`` and ``rotate(degrees)``: bilinear resampling about the image centre with
@@ -14,7 +17,15 @@ here each transform states it, on a backend's arrays:
   different bytes from run to run): it runs in NumPy on the host copy of the batch, and on a
   device backend says so once with a ``RuntimeWarning`` (a copy each way per step and adjoint).
 
-One random draw per step serves the whole batch. Arrays are NHWC, in the backend's dtype.
+``standard_transforms`` is Lucid's recipe (Lucent's ``transform.standard_transforms``): pad 12
+(gray), jitter 8, random scale among 1 + (i - 5) / 50 for i in 0..10, random rotation among
+-10..10 degrees (0 five more times), jitter 4. Differences, deliberate: the jitter is circular
+and moves -p..p pixels (Lucent's ``translate`` moves 0..p-1 and fills zeros); scale and rotation
+are one resampling (both about the centre, so they commute) that keeps the image's size (Lucent's
+scale changes it by up to 10%).
+
+One random draw per step serves the whole batch. Arrays are NHWC, in the backend's dtype; a
+transform's ``output_shape(shape)`` says what it makes of an input shape.
 """
 
 import warnings
@@ -23,11 +34,37 @@ import numpy as np
 
 
 class Transform:
+    def output_shape(self, shape):
+        return tuple(shape)
+
     def apply(self, backend, x, rng, out):
         raise NotImplementedError
 
     def adjoint(self, backend, g, state, out):
         raise NotImplementedError
+
+
+class Pad(Transform):
+    def __init__(self, pixels: int, value=0.0):
+        self.pixels, self.value = int(pixels), np.asarray(value, dtype=np.float64)
+        self._canvas = {}  # (backend, shape, dtype) -> the border with a zero inside, uploaded once
+
+    def output_shape(self, shape):
+        n, h, w, c = shape
+        return (n, h + 2 * self.pixels, w + 2 * self.pixels, c)
+
+    def apply(self, backend, x, rng, out):
+        key = (backend.name, out.shape, np.dtype(out.dtype).str)
+        if key not in self._canvas:
+            p = self.pixels
+            canvas = np.empty(out.shape, dtype=out.dtype)
+            canvas[...] = self.value
+            canvas[:, p : out.shape[1] - p, p : out.shape[2] - p, :] = 0
+            self._canvas[key] = backend.asarray(canvas)
+        backend.ops.add_window(x, (self.pixels, self.pixels), backend.copy_into(self._canvas[key], out))
+
+    def adjoint(self, backend, g, state, out):
+        return backend.ops.copy_window(g, (self.pixels, self.pixels), out)
 
 
 class Jitter(Transform):
@@ -113,6 +150,10 @@ def _on_host(transform, backend, x):
     return host
 
 
+def pad(pixels: int, value=0.0) -> Pad:
+    return Pad(pixels, value)
+
+
 def jitter(pixels: int) -> Jitter:
     return Jitter(pixels)
 
@@ -125,9 +166,15 @@ def rotate(degrees) -> Affine:
     return Affine(degrees=degrees)
 
 
-def standard_transforms(jitter_pixels=8, factors=(1.0, 0.975, 1.025, 0.95, 1.05), degrees=range(-5, 6)):
-    """Lucid's usual recipe, sized for 128-224 px images: jitter, scale, rotate, jitter."""
-    return [Jitter(jitter_pixels), Affine(factors, degrees), Jitter(max(1, jitter_pixels // 2))]
+LUCID_SCALES = tuple(1 + (i - 5) / 50.0 for i in range(11))
+LUCID_DEGREES = tuple(range(-10, 11)) + (0,) * 5
+
+
+def standard_transforms(pad_value=0.0, pad_pixels=12, jitter_pixels=8, factors=LUCID_SCALES, degrees=LUCID_DEGREES):
+    """Lucid's recipe (see the module docstring): pad, jitter, scale and rotate, jitter half as
+    far. ``pad_value``: gray in the units of the image being optimised (a number or per channel)."""
+    moves = [Pad(pad_pixels, pad_value)] if pad_pixels else []
+    return moves + [Jitter(jitter_pixels), Affine(factors, degrees), Jitter(max(1, jitter_pixels // 2))]
 
 
 def apply_all(buffers, transforms, x, rng):
@@ -135,8 +182,8 @@ def apply_all(buffers, transforms, x, rng):
     own buffer of ``buffers``; returns (T(x), states)."""
     states = []
     for i, t in enumerate(transforms):
-        out = buffers.get(("transform", i), x.shape)
-        states.append(t.apply(buffers.backend, x, rng, out))
+        out = buffers.get(("transform", i), t.output_shape(x.shape))
+        states.append((t.apply(buffers.backend, x, rng, out), x.shape))
         x = out
     return x, states
 
@@ -144,5 +191,6 @@ def apply_all(buffers, transforms, x, rng):
 def adjoint_all(buffers, transforms, g, states):
     """The adjoint of ``apply_all``'s composition applied to g; the result is a buffer."""
     for i in reversed(range(len(transforms))):
-        g = transforms[i].adjoint(buffers.backend, g, states[i], buffers.get(("transform adjoint", i), g.shape))
+        state, shape = states[i]
+        g = transforms[i].adjoint(buffers.backend, g, state, buffers.get(("transform adjoint", i), shape))
     return g
