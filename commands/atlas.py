@@ -29,6 +29,7 @@ from commands.scale import SchedulerOpt, WorkersOpt, dask_cluster, store_view
 
 TOP_CHANNELS = 3  # channels listed per cell on the page
 EXAMPLES = 3  # example images listed per cell on the page
+UMAP_NEIGHBOURS, UMAP_MIN_DIST = 20, 0.01  # Lucid's activation-atlas notebooks (tight clusters)
 
 
 class Layout(str, Enum):
@@ -45,7 +46,7 @@ def _layout(vectors, how: Layout, seed: int) -> np.ndarray:
         raise ConvscopeError(f"UMAP needs at least 3 activations, got {len(vectors)} (use --layout pca or more images)")
     with warnings.catch_warnings():  # umap-learn's note that a seed means one thread
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
-        return umap_2d(vectors, seed=seed)
+        return umap_2d(vectors, neighbours=UMAP_NEIGHBOURS, min_dist=UMAP_MIN_DIST, seed=seed)
 
 
 def _check_weights(model, spec) -> None:
@@ -66,8 +67,8 @@ def atlas(
     layout: Annotated[Layout, typer.Option("--layout", help="2-D layout of the activations: 'umap' (Lucid's; the scale extra) or 'pca' (fast).")] = Layout.umap,
     per_image: Annotated[int, typer.Option("--per-image", help="Positions sampled per image.")] = 4,
     min_count: Annotated[int, typer.Option("--min-count", help="Cells with fewer activations stay empty.")] = 1,
-    cell_size: Annotated[int, typer.Option("--cell-size", help="Side of each cell's picture (pixels).")] = 80,
-    steps: Annotated[int, typer.Option("--steps", help="Adam steps per cell picture.")] = 128,
+    cell_size: Annotated[int, typer.Option("--cell-size", help="Side of each cell's picture (pixels).")] = 80,  # engine.scale.atlas_render.ICON_SIZE
+    steps: Annotated[int, typer.Option("--steps", help="Adam steps per cell picture.")] = 128,  # ICON_STEPS
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (Lucid's 0.05).")] = 0.05,
     robust: Annotated[bool, typer.Option("--robust/--no-robust", help="Lucid's random pad, jitter, scale and rotation at each step.")] = True,
     cells_per_batch: Annotated[int, typer.Option("--cells-per-batch", help="Cells optimised together (memory grows with it).")] = 64,
