@@ -3,6 +3,7 @@
 
 import base64
 import csv
+import os
 import re
 
 import numpy as np
@@ -169,3 +170,23 @@ def test_atlas_bad_input(made, tiny, folder, tmp_path):
         assert len(errors) == 1 and message in errors[0], (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert not any(p.exists() for p in (out, out.with_suffix(".html"), out.with_suffix(".csv")))
+
+
+@pytest.mark.skipif(os.environ.get("CONVSCOPE_SLOW_TESTS") != "1",
+                    reason="UMAP compiles for about 30 s in every process: set CONVSCOPE_SLOW_TESTS=1")
+def test_default_umap_layout(made, tiny, tmp_path):
+    pytest.importorskip("umap")
+    from engine.scale.embed import umap_2d
+
+    _, store, *_ = made
+    result = invoke("atlas", "--store", store, "--grid", GRID, "--steps", 2, "--cell-size", CELL, "--weights", tiny,
+                    "--workers", 0, "--seed", 3, "--out", tmp_path / "u.png")
+    assert result.exit_code == 0, result.stderr
+    rows = read_layout(tmp_path / "u.csv")
+    opened = FeatureStore.open(store)
+    spatial = opened.read("spatial", np.arange(6))
+    paths = [str(p) for p in opened.manifest()["paths"]]
+    vectors = np.stack([spatial[paths.index(r["path"]), int(r["i"]), int(r["j"])] for r in rows])
+    coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    np.testing.assert_allclose(coords, umap_2d(vectors, neighbours=20, min_dist=0.01, seed=3), rtol=1e-5, atol=1e-5)
+    assert "umap layout" in result.stdout
