@@ -111,6 +111,8 @@ def atlas(
     _check_weights(model, spec)
     coords = _layout(vectors, layout, seed)
     cells, means, counts = grid_cells(coords, vectors, grid, min_count)
+    if len(cells) == 0:
+        raise ConvscopeError(f"no cell holds --min-count {min_count} of the {len(vectors)} activations: lower it or use a smaller --grid")
     with progress(f"rendering {len(cells)} cells", len(cells) * steps) as update:
         icons = render_icons(model, spec.layer, cells, means, size=cell_size, steps=steps, lr=lr, seed=seed,
                              batch=cells_per_batch, robust=robust, callback=update)

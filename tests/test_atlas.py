@@ -162,6 +162,7 @@ def test_atlas_bad_input(made, tiny, folder, tmp_path):
         (("--store", plain), "no per-position features"),
         (("--store", store, "--layer", "conv_a"), "not conv_a"),
         (("--store", store, "--grid", 0), "must be positive"),
+        (("--store", store, "--min-count", 100), "no cell holds --min-count 100"),
     ]
     for args, message in cases:
         result = invoke("atlas", *args, "--layout", "pca", "--steps", 1, "--weights", tiny, "--workers", 0, "--out", out)
