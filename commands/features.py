@@ -41,17 +41,31 @@ def filters(
     upscale_steps: Annotated[int, typer.Option("--upscale-steps", help="Progressive upscaling stages (0: off).")] = 0,
     upscale_factor: Annotated[float, typer.Option("--upscale-factor", help="Upscaling factor between stages.")] = 1.2,
     margin: Annotated[int, typer.Option("--margin", help="Pixels between pictures.")] = 5,
-    param: Annotated[str, typer.Option("--param", help="Image parameterisation: pixel (the Keras example) or fft (Lucid's 1/f spectrum).")] = "pixel",
-    decorrelate: Annotated[bool, typer.Option("--decorrelate", help="Lucid's decorrelated colour space (sigmoid to the valid range).")] = False,
-    robust: Annotated[bool, typer.Option("--robust", help="Lucid's transformation robustness: pad 12, jitter 8, scale, rotate, jitter 4.")] = False,
-    objective: Annotated[str, typer.Option("--objective", help="channel (mean of the filter), neuron (its centre) or direction.")] = "channel",
+    param: Annotated[
+        str, typer.Option("--param", help="Image parameterisation: pixel (the Keras example) or fft (Lucid's 1/f spectrum).")
+    ] = "pixel",
+    decorrelate: Annotated[
+        bool, typer.Option("--decorrelate", help="Lucid's decorrelated colour space (sigmoid to the valid range).")
+    ] = False,
+    robust: Annotated[
+        bool, typer.Option("--robust", help="Lucid's transformation robustness: pad 12, jitter 8, scale, rotate, jitter 4.")
+    ] = False,
+    objective: Annotated[
+        str, typer.Option("--objective", help="channel (mean of the filter), neuron (its centre) or direction.")
+    ] = "channel",
     direction_from: Annotated[
-        Optional[Path], typer.Option("--direction-from", help="--objective direction: the photo whose mean activation at the layer is the direction.", show_default=False)
+        Optional[Path],
+        typer.Option("--direction-from", help="For --objective direction: the photo whose mean activation at the layer "
+                     "is the direction.", show_default=False),
     ] = None,
     samples: Annotated[int, typer.Option("--samples", help="Pictures per filter (or of the direction).")] = 1,
-    diversity: Annotated[float, typer.Option("--diversity", help="Weight of Lucid's diversity penalty between a filter's samples.")] = 0.0,
-    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate for --param fft / --decorrelate (Lucid's 0.05).")] = 0.05,
-    whole_layer: Annotated[bool, typer.Option("--all", help="Every channel of the layer: an atlas PNG and an HTML page, resumable.")] = False,
+    diversity: Annotated[
+        float, typer.Option("--diversity", help="Weight of Lucid's diversity penalty between a filter's samples.")
+    ] = 0.0,
+    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate for --param fft / --decorrelate.")] = 0.05,
+    whole_layer: Annotated[
+        bool, typer.Option("--all", help="Every channel of the layer: an atlas PNG and an HTML page, resumable.")
+    ] = False,
     weights: Weights = None,
     device: DeviceOpt = Device.cpu,
     seed: Seed = 0,
@@ -73,7 +87,8 @@ def filters(
         raise ConvscopeError(f"--param {param} / --objective {objective}: use pixel or fft / {', '.join(OBJECTIVES)}")
     if (objective == "direction") != (direction_from is not None):
         raise ConvscopeError("--objective direction needs --direction-from photo.jpg (and only it takes one)")
-    if samples < 1 or (samples > 1 and chosen is None and objective != "direction") or (whole_layer and (chosen or samples > 1 or array_path)):
+    several = samples > 1 and chosen is None and objective != "direction"
+    if samples < 1 or several or (whole_layer and (chosen or samples > 1 or array_path)):
         raise ConvscopeError("--samples must be >= 1 and needs --filters (or a direction); --all takes none of "
                              "--filters, --samples, --save-array (its tiles are kept beside the atlas)")
     photo = load_image(direction_from) if direction_from is not None else None  # a bad photo fails first

@@ -25,7 +25,8 @@ from commands.outputs import check_output, save_image, write_output, write_text
 def settings_key(weights, device, layer, options) -> str:
     """A short hash of everything that changes a channel's picture."""
     plain = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in options.items()}
-    text = json.dumps({"weights": str(weights), "device": str(device), "layer": layer, **plain}, sort_keys=True, default=repr)
+    settings = {"weights": str(weights), "device": str(device), "layer": layer, **plain}
+    text = json.dumps(settings, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -42,7 +43,8 @@ def save_tile(folder: Path, channel: int, image, raw, loss) -> None:
 
 def check_atlas_outputs(out: Path, overwrite: bool):
     """The atlas and its page, checked before any computation; returns (atlas, page)."""
-    return check_output(out, overwrite, suffixes={".png"}), check_output(out.with_suffix(".html"), overwrite, suffixes=None)
+    page = out.with_suffix(".html")
+    return check_output(out, overwrite, suffixes={".png"}), check_output(page, overwrite, suffixes=None)
 
 
 def layer_atlas(model, layer, out, weights, device, options, batch, overwrite, update, key_options=None):
@@ -56,7 +58,8 @@ def layer_atlas(model, layer, out, weights, device, options, batch, overwrite, u
 
     atlas_path, page_path = check_atlas_outputs(out, overwrite)
     channels = model.output_shapes((options["size"],) * 2, upto=model.layer_index(layer))[-1][-1]
-    folder = out.parent / f"{out.stem}.tiles" / settings_key(weights, device, layer, options if key_options is None else key_options)
+    key = settings_key(weights, device, layer, options if key_options is None else key_options)
+    folder = out.parent / f"{out.stem}.tiles" / key
     folder.mkdir(parents=True, exist_ok=True)
     todo = [c for c in range(channels) if not tile_path(folder, c).exists()]
     reused = channels - len(todo)

@@ -165,14 +165,14 @@ def _target(kind, layer, filters, direction):
     return objectives.neuron(layer, filters) if kind == "neuron" else objectives.channel(layer, filters)
 
 
-def _objective(target, n_values, tv, l2, diversity=0.0, layer=None):
+def _objective(target, n_values, tv, l2, diversity=0.0, layer=None, gray=GRAY):
     objective = target
     if diversity:
         objective = objective - float(diversity) * objectives.diversity(layer)
     if tv:
         objective = objective - (float(tv) / n_values) * objectives.total_variation()
     if l2:
-        objective = objective - (float(l2) / n_values) * objectives.l2(center=GRAY)
+        objective = objective - (float(l2) / n_values) * objectives.l2(center=gray)
     return objective
 
 
@@ -184,12 +184,13 @@ def _upscale(x, size):
     return np.stack([resize(image, (size, size), "bicubic") for image in x])
 
 
-def _optimise_batch(model, layer, filters, sizes, steps, step_size, seed, transforms, tv, l2, report, look):
-    """Run every stage on one batch of filters; returns (float32 images at the last size, losses)."""
+def _optimise_batch(model, layer, pictures, sizes, steps, step_size, seed, transforms, tv, l2, report, look):
+    """Run every stage on one batch of (filter, sample) ``pictures`` (k, 2); returns (float32
+    images at the last size, losses)."""
     if look["lucid"]:
-        return _optimise_lucid(model, layer, filters, sizes[-1], steps, seed, transforms, tv, l2, report, look)
-    x = start_images(filters[:, 0], sizes[0], seed, model.input_shape[2], filters[:, 1]).astype(np.float32)
-    filters = filters[:, 0]
+        return _optimise_lucid(model, layer, pictures, sizes[-1], steps, seed, transforms, tv, l2, report, look)
+    x = start_images(pictures[:, 0], sizes[0], seed, model.input_shape[2], pictures[:, 1]).astype(np.float32)
+    filters = pictures[:, 0]
     alive = np.ones(len(filters), dtype=bool)
     final = np.zeros(len(filters), dtype=np.float32)
     for stage, size in enumerate(sizes):
@@ -218,7 +219,7 @@ def _optimise_lucid(model, layer, pictures, size, steps, seed, transforms, tv, l
                           decorrelate=look["decorrelate"], valid="sigmoid")
     start = np.stack([_generator(seed, t, k).standard_normal(p.param_shape[1:]) for t, k in zip(targets, samples)]) * p.sd
     target = _target(look["objective"], layer, targets, look["direction"])
-    objective = _objective(target, size * size * 3, tv, l2, look["diversity"], layer)
+    objective = _objective(target, size * size * 3, tv, l2, look["diversity"], layer, CAFFE_GRAY.astype(np.float32))
     result = optimise(model, start.astype(np.float32), -objective, Adam(look["lr"]), steps, transforms=transforms,
                       seed=seed, param=p, callback=lambda step, _loss: report(0, step + 1))
     acts = model.forward(result.images, outputs=[layer])
@@ -319,8 +320,9 @@ def visualize_filters(
         order = positive[np.argsort(-losses[positive], kind="stable")]
         if keep is not None:
             order = order[: max(0, int(keep))]
+    picture = deprocess if lucid else standardize_to_uint8  # Lucid's images are the pictures themselves
     return FilterResult(
-        images=(deprocess if lucid else standardize_to_uint8)(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
+        images=picture(raw[order]) if len(order) else np.zeros((0,) + raw.shape[1:], np.uint8),
         raw=raw[order],
         filters=chosen[order],
         losses=losses[order],
