@@ -22,9 +22,9 @@ import numpy as np
 import typer
 
 from engine.errors import ConvscopeError
-from commands.common import DeviceOpt, Device, Out, Overwrite, Seed, Weights, command, load_model, progress
+from commands.common import DeviceOpt, Device, Out, Overwrite, SaveArray, Seed, Weights, command, load_model, progress
 from commands.folder_cache import WEIGHTS_MEMO, default_cache_dir
-from commands.outputs import check_output, save_image, write_text
+from commands.outputs import check_array_output, check_output, save_array, save_image, write_text
 from commands.scale import SchedulerOpt, WorkersOpt, dask_cluster, store_view
 
 TOP_CHANNELS = 3  # channels listed per cell on the page
@@ -81,6 +81,7 @@ def atlas(
     seed: Seed = 0,
     out: Out = None,
     overwrite: Overwrite = False,
+    array_path: SaveArray = None,
 ):
     """An activation atlas: a layer's activations over a folder, laid out in 2-D, gridded, each cell's mean rendered.
 
@@ -98,6 +99,7 @@ def atlas(
     out = check_output(out if out is not None else Path("atlas.png"), overwrite, suffixes={".png"})
     page = check_output(out.with_suffix(".html"), overwrite, suffixes=None)
     table = check_output(out.with_suffix(".csv"), overwrite, suffixes=None)
+    check_array_output(array_path, overwrite)
     if layout == Layout.umap:
         require("umap", "the UMAP layout")
     with dask_cluster(scheduler, workers) as cluster:
@@ -124,6 +126,7 @@ def atlas(
     save_image(out, picture, overwrite)
     write_text(page, page_text, overwrite)
     write_text(table, csv_text, overwrite)
+    save_array(array_path, means, overwrite)  # (cells, channels): each rendered cell's mean activation
     typer.echo(f"wrote {out} ({picture.shape[1]}x{picture.shape[0]}: {len(cells)} of {grid * grid} cells from "
                f"{len(vectors)} activations of {spec.layer} over {len(rows)} images, {layout.value} layout), {page} and {table}")
 

@@ -66,7 +66,7 @@ class _OneLineErrors(TyperGroup):
 
 def _plain_flags(params):
     for param in params:
-        if getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
+        if getattr(param, "is_flag", False):
             param.metavar = ""
     return params
 

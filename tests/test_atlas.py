@@ -75,7 +75,7 @@ def run_atlas(out, store, tiny, *extra):
 def made(tmp_path_factory, tiny, folder):
     root = tmp_path_factory.mktemp("atlas_out")
     store = root / "feats.zarr"
-    first = run_atlas(root / "atlas.png", store, tiny, "--images", folder, "--seed", 3)
+    first = run_atlas(root / "atlas.png", store, tiny, "--images", folder, "--seed", 3, "--save-array", root / "means.npy")
     again = run_atlas(root / "again.png", store, tiny, "--seed", 3)  # from the filled store alone
     other = run_atlas(root / "other.png", store, tiny, "--seed", 4)
     return root, store, first, again, other
@@ -100,6 +100,7 @@ def test_atlas_writes_png_page_and_layout(made, folder):
     np.testing.assert_allclose(coords, pca_2d(vectors), rtol=1e-6, atol=1e-6 * np.abs(coords).max())
     cells, means, counts = grid_cells(coords, vectors, GRID)
     assert {(int(r["row"]), int(r["column"])) for r in rows} == {tuple(c) for c in cells.tolist()}
+    np.testing.assert_allclose(np.load(root / "means.npy"), means, rtol=1e-6)  # --save-array: the cells' directions
 
     atlas = np.asarray(Image.open(root / "atlas.png"))
     assert atlas.shape == (GRID * CELL, GRID * CELL, 3)
