@@ -12,6 +12,8 @@ user's images, progress bars, and writing output files.
     features.py      filters, weights, activations
     attribution.py   gradcam, saliency, occlusion
     dataset.py       neighbors, embed, patches (image folders)
+    scale.py         features, and the --store options (Zarr store on Dask)
+    atlas.py         atlas: an activation atlas from a store
     folder_cache.py  the per-image feature cache of the folder commands
     synthesis.py     fool, invert, texture, dream, classmax
     report.py        report: one HTML page of the photo techniques
@@ -30,6 +32,7 @@ from typing import Annotated
 
 import typer
 
+from commands.atlas import atlas
 from commands.attribution import gradcam, occlusion, saliency
 from commands.basic import info, predict
 from commands.common import _OneLineErrors, register
@@ -49,7 +52,7 @@ app = typer.Typer(
 
 COMMANDS = (
     info, predict, filters, show_weights, gradcam, activations, saliency, occlusion,
-    neighbors, embed, patches, features, fool, invert, texture, dream, classmax, report,
+    neighbors, embed, patches, features, atlas, fool, invert, texture, dream, classmax, report,
 )
 register(app, COMMANDS)
 

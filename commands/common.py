@@ -66,7 +66,7 @@ class _OneLineErrors(TyperGroup):
 
 def _plain_flags(params):
     for param in params:
-        if getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
+        if getattr(param, "is_flag", False):
             param.metavar = ""
     return params
 
@@ -365,3 +365,34 @@ def network_input(photo: np.ndarray, model) -> np.ndarray:
 def echo_top_classes(p: np.ndarray, names, top: int = 3) -> None:
     for rank, index in enumerate(np.argsort(-p, kind="stable")[:top], start=1):
         typer.echo(f"{rank:>3}. {p[index]:.4f}  {class_label(index, names)}")
+
+
+# ------------------------------------------------------------------------------- folder commands
+
+
+def dataset_model(weights: Optional[Path], device: Device, layer: Optional[str]):
+    """The model and the feature layer: by default the last hidden dense layer (fc2) when the file
+    has the classifier, else the last spatial layer (block5_pool)."""
+    from engine.viz.receptive import receptive_fields
+
+    model = load_model(weights, device)
+    if layer is not None and layer not in model.layer_names and not model.has_classifier and weights is None:
+        with contextlib.suppress(ConvscopeError):  # a dense layer: the classifier file, if there is one
+            model = load_model(None, device, need_top=True)
+    spatial = list(receptive_fields(model))
+    dense = [l.name for l in model.layers if l.kind == "dense"]
+    if layer is None:
+        return model, dense[-2] if len(dense) >= 2 else spatial[-1]
+    if layer not in model.layer_names and layer != "logits" and not model.has_classifier:
+        raise ConvscopeError(
+            f"layer {layer!r} is not in {model.path}, a file without the classifier (notop): give "
+            f"--weights with the classifier file for dense layers, or use a layer such as {spatial[-1]}"
+        )
+    return model, resolve_layer(model, layer)
+
+
+def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
+    """(height, width) of the network input (``input_hw``), checked to fit the layers up to ``layer``."""
+    hw = input_hw(model, size)
+    model.output_shapes(hw, upto=model.layer_index(layer))
+    return hw

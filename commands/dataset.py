@@ -1,6 +1,5 @@
 """Image folders: nearest neighbours, a 2-D embedding, and the patches that excite each channel."""
 
-import contextlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -12,7 +11,7 @@ import typer
 from engine.errors import ConvscopeError
 from engine.images import load_image
 from commands.common import (
-    Device, DeviceOpt, Out, Overwrite, SaveArray, Seed, Weights, command, input_hw, load_model, resolve_layer,
+    Device, DeviceOpt, Out, Overwrite, SaveArray, Seed, Weights, command, dataset_input_hw, dataset_model, load_model,
 )
 from commands.outputs import check_array_output, check_output, save_array, save_image, write_text
 from commands.pictures import activation_zoom, titled
@@ -66,34 +65,6 @@ PoolingOpt = Annotated[
     Pooling,
     typer.Option("--pool", help="Conv/pool layers: 'avg' = global average per channel; 'flatten' = every value. Dense layers: as they are."),
 ]
-
-
-def dataset_model(weights: Optional[Path], device: Device, layer: Optional[str]):
-    """The model and the feature layer: by default the last hidden dense layer (fc2) when the file
-    has the classifier, else the last spatial layer (block5_pool)."""
-    from engine.viz.receptive import receptive_fields
-
-    model = load_model(weights, device)
-    if layer is not None and layer not in model.layer_names and not model.has_classifier and weights is None:
-        with contextlib.suppress(ConvscopeError):  # a dense layer: the classifier file, if there is one
-            model = load_model(None, device, need_top=True)
-    spatial = list(receptive_fields(model))
-    dense = [l.name for l in model.layers if l.kind == "dense"]
-    if layer is None:
-        return model, dense[-2] if len(dense) >= 2 else spatial[-1]
-    if layer not in model.layer_names and layer != "logits" and not model.has_classifier:
-        raise ConvscopeError(
-            f"layer {layer!r} is not in {model.path}, a file without the classifier (notop): give "
-            f"--weights with the classifier file for dense layers, or use a layer such as {spatial[-1]}"
-        )
-    return model, resolve_layer(model, layer)
-
-
-def dataset_input_hw(model, size: Optional[int], layer: str) -> tuple[int, int]:
-    """(height, width) of the network input (``input_hw``), checked to fit the layers up to ``layer``."""
-    hw = input_hw(model, size)
-    model.output_shapes(hw, upto=model.layer_index(layer))
-    return hw
 
 
 def pooled_features(pooling: str, batch: int, pictures: dict) -> Callable:

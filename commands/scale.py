@@ -16,7 +16,9 @@ import numpy as np
 import typer
 
 from engine.errors import ConvscopeError
-from commands.common import DeviceOpt, Device, Weights, _interactive, command, one_line
+from commands.common import (
+    DeviceOpt, Device, Weights, _interactive, command, dataset_input_hw, dataset_model, one_line,
+)
 from commands.folder_cache import WEIGHTS_MEMO, default_cache_dir, folder_files, warn
 
 StoreOpt = Annotated[
@@ -133,7 +135,6 @@ def fill_store(store_path: Path, images: Path, layer: Optional[str], size: Optio
     from engine.scale import require
 
     require("zarr", "the feature store")
-    from commands.dataset import dataset_input_hw, dataset_model
     from engine.scale.digest import remembered_digest
     from engine.scale.extract import ModelSpec, extract, spec_for
     from engine.scale.store import FeatureStore

@@ -1,12 +1,12 @@
 """The data half of an activation atlas (Carter et al., 2019; Lucid's ``activation_atlas``):
 spatial activations of a layer sampled over a store's images, laid out in 2-D, and averaged
 per cell of a grid. Each cell's mean activation is what the atlas then renders by feature
-visualisation with a direction objective (not here: that needs the optimisation loop's
-direction objective).
+visualisation with a direction objective (``engine.scale.atlas_render``).
 
 Shapes: a store with ``spatial`` features (N, h, w, c). ``sample_activations`` returns vectors
-(M, c) float32 and where they come from (M, 3) int64 (store row, i, j); ``grid_cells`` returns
-the occupied cells (K, 2) int64 (grid row, grid column), their mean vectors (K, c) float64 and
+(M, c) float32 and where they come from (M, 3) int64 (store row, i, j); ``grid_positions``
+gives each point's cell (M, 2) int64 (grid row, grid column); ``grid_cells`` returns the
+occupied cells (K, 2) int64 (grid row, grid column), their mean vectors (K, c) float64 and
 their counts (K,) int64, cells in row-major order.
 """
 
@@ -51,18 +51,25 @@ def sample_activations(store: FeatureStore, rows, per_image: int = 4, seed: int 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def grid_cells(coords, vectors, grid: int, min_count: int = 1):
-    """Average ``vectors`` (M, c) by the cell of a ``grid`` x ``grid`` grid over the bounding box
-    of ``coords`` (M, 2) (x right, y down; the far edge belongs to the last cell); cells with
-    fewer than ``min_count`` points are dropped."""
+def grid_positions(coords, grid: int) -> np.ndarray:
+    """(M, 2) int64 (grid row, grid column) of each point of ``coords`` (M, 2) (x right, y down)
+    on a ``grid`` x ``grid`` grid over their bounding box; the far edge belongs to the last cell."""
     coords = np.asarray(coords, dtype=np.float64)
-    vectors = np.asarray(vectors, dtype=np.float64)
     if grid < 1:
         raise ConvscopeError(f"grid {grid}: give at least 1 cell per side")
     low, high = coords.min(axis=0), coords.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
-    cell = np.clip(np.floor((coords - low) / span * grid), 0, grid - 1).astype(np.int64)  # (M, 2) (x, y)
-    flat = cell[:, 1] * grid + cell[:, 0]
+    cell = np.clip(np.floor((coords - low) / span * grid), 0, grid - 1).astype(np.int64)  # (x, y)
+    return cell[:, ::-1].copy()
+
+
+def grid_cells(coords, vectors, grid: int, min_count: int = 1):
+    """Average ``vectors`` (M, c) by the cell of a ``grid`` x ``grid`` grid over the bounding box
+    of ``coords`` (M, 2) (x right, y down; the far edge belongs to the last cell); cells with
+    fewer than ``min_count`` points are dropped."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    cell = grid_positions(coords, grid)  # (M, 2) (row, column)
+    flat = cell[:, 0] * grid + cell[:, 1]
     counts = np.bincount(flat, minlength=grid * grid)
     sums = np.zeros((grid * grid, vectors.shape[1]))
     np.add.at(sums, flat, vectors)
