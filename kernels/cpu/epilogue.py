@@ -11,22 +11,26 @@ from numba import njit, prange
 from kernels.cpu._types import b1, c_array, per_float, types
 
 
+@njit(inline="always")
+def _bias_relu_row(row, bias, relu):
+    """row (channels,) += bias, then clamped at zero when ``relu``."""
+    if relu:
+        for c in range(row.shape[0]):
+            v = row[c] + bias[c]
+            row[c] = 0 if v < 0 else v  # NaN propagates, as with np.maximum
+    else:
+        for c in range(row.shape[0]):
+            row[c] += bias[c]
+
+
 @njit(
     per_float(lambda f: types.void(c_array(f, 2), c_array(f, 1), b1)),
     parallel=True,
     cache=True,
 )
 def bias_relu_inplace(y, bias, relu):
-    rows, channels = y.shape
-    for r in prange(rows):
-        row = y[r]
-        if relu:
-            for c in range(channels):
-                v = row[c] + bias[c]
-                row[c] = 0 if v < 0 else v  # NaN propagates, as with np.maximum
-        else:
-            for c in range(channels):
-                row[c] += bias[c]
+    for r in prange(y.shape[0]):
+        _bias_relu_row(y[r], bias, relu)
 
 
 @njit(
@@ -35,13 +39,5 @@ def bias_relu_inplace(y, bias, relu):
     cache=True,
 )
 def bias_relu_serial(y, bias, relu):
-    rows, channels = y.shape
-    for r in range(rows):
-        row = y[r]
-        if relu:
-            for c in range(channels):
-                v = row[c] + bias[c]
-                row[c] = 0 if v < 0 else v  # NaN propagates, as with np.maximum
-        else:
-            for c in range(channels):
-                row[c] += bias[c]
+    for r in range(y.shape[0]):
+        _bias_relu_row(y[r], bias, relu)

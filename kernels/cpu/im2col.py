@@ -39,6 +39,31 @@ SMALL_K = 64
 SMALL_K_PIXELS = 1024
 
 
+@njit(inline="always")
+def _gather_pixel(flat, h, w, ci, kh, kw, top, left, r, ox, ho, dst):
+    """dst[(ky*kw + kx)*ci + c] = x[n, oy+ky-top, ox+kx-left, c] for output row r = n*ho + oy and
+    column ox, zero outside the input; ``flat`` is x raveled, x of shape (N, h, w, ci)."""
+    n = r // ho
+    oy = r - n * ho
+    run = kw * ci
+    kx0 = min(kw, max(0, left - ox))
+    kx1 = max(kx0, min(kw, w + left - ox))
+    for ky in range(kh):
+        iy = oy + ky - top
+        base = ky * run
+        if iy < 0 or iy >= h:
+            for j in range(run):
+                dst[base + j] = 0
+            continue
+        for j in range(kx0 * ci):
+            dst[base + j] = 0
+        src = ((n * h + iy) * w + ox + kx0 - left) * ci
+        for j in range((kx1 - kx0) * ci):
+            dst[base + kx0 * ci + j] = flat[src + j]
+        for j in range(kx1 * ci, run):
+            dst[base + j] = 0
+
+
 @njit(
     per_float(
         lambda f: types.void(c_array(f, 4), i64, i64, i64, i64, i64, i64, i64, c_array(f, 2))
@@ -54,31 +79,9 @@ def im2col_rows(x, kh, kw, top, left, row0, ho, wo, cols):
     (kx1 - kx0) * ci values of the input row, so the copy is a straight memcpy-like loop.
     """
     _, h, w, ci = x.shape
-    n_pix = cols.shape[0]
     flat = x.reshape(-1)
-    run = kw * ci
-    for p in prange(n_pix):
-        r = row0 + p // wo
-        ox = p % wo
-        n = r // ho
-        oy = r - n * ho
-        kx0 = min(kw, max(0, left - ox))
-        kx1 = max(kx0, min(kw, w + left - ox))
-        dst = cols[p]
-        for ky in range(kh):
-            iy = oy + ky - top
-            base = ky * run
-            if iy < 0 or iy >= h:
-                for j in range(run):
-                    dst[base + j] = 0
-                continue
-            for j in range(kx0 * ci):
-                dst[base + j] = 0
-            src = ((n * h + iy) * w + ox + kx0 - left) * ci
-            for j in range((kx1 - kx0) * ci):
-                dst[base + kx0 * ci + j] = flat[src + j]
-            for j in range(kx1 * ci, run):
-                dst[base + j] = 0
+    for p in prange(cols.shape[0]):
+        _gather_pixel(flat, h, w, ci, kh, kw, top, left, row0 + p // wo, p % wo, ho, cols[p])
 
 
 @njit(
@@ -93,29 +96,9 @@ def im2col_pixels(x, kh, kw, top, left, pixel0, ho, wo, cols):
     images, row-major), serial: for work already split over ``_threads``' workers."""
     _, h, w, ci = x.shape
     flat = x.reshape(-1)
-    run = kw * ci
     for p in range(cols.shape[0]):
         r = (pixel0 + p) // wo
-        ox = pixel0 + p - r * wo
-        n = r // ho
-        oy = r - n * ho
-        kx0 = min(kw, max(0, left - ox))
-        kx1 = max(kx0, min(kw, w + left - ox))
-        dst = cols[p]
-        for ky in range(kh):
-            iy = oy + ky - top
-            base = ky * run
-            if iy < 0 or iy >= h:
-                for j in range(run):
-                    dst[base + j] = 0
-                continue
-            for j in range(kx0 * ci):
-                dst[base + j] = 0
-            src = ((n * h + iy) * w + ox + kx0 - left) * ci
-            for j in range((kx1 - kx0) * ci):
-                dst[base + kx0 * ci + j] = flat[src + j]
-            for j in range(kx1 * ci, run):
-                dst[base + j] = 0
+        _gather_pixel(flat, h, w, ci, kh, kw, top, left, r, pixel0 + p - r * wo, ho, cols[p])
 
 
 def _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out):
