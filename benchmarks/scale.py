@@ -5,15 +5,16 @@
 
 * extraction: a generated folder of ``--images`` synthetic photos (smooth colour fields with
   noise, 256 x 256 JPEG) through VGG16's conv stack to block5_pool at ``--size`` (224), into a
-  fresh feature store each time: in this process (no Dask), then on a local cluster of 1, 2, 4
-  workers (the machine's cores shared among them). Images/s over the whole run, cluster start
-  excluded; the store's bytes per image.
+  fresh feature store each time: in this process (no Dask: ``0``), then on local clusters of 1, 2
+  and 4 workers (``--workers``, run in the order given; the machine's cores shared among them).
+  Images/s over the whole run, cluster start excluded; the store's bytes per image. A line of
+  progress every 5%; ``scale.json`` is rewritten after every configuration.
 * neighbours: ``--vectors`` feature-like vectors (ReLU of a random 512 x 64 map of a mixture of
   100 Gaussians): pynndescent's build time and query time for ``--queries`` queries, recall@10
   against the exact brute force on those queries, for cosine and l2.
 * embeddings: openTSNE and UMAP on ``--points`` of those vectors (wall time, PCA to 50 included).
 
-Writes ``scale.json`` and prints a Markdown table; ``--out`` (default benchmarks/results/scale).
+Writes ``scale.json``; ``--out`` (default benchmarks/results/scale).
 Weights: as benchmarks/run.py (the synthetic notop file unless ``--weights``).
 """
 
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--layer", default="block5_pool")
-    p.add_argument("--workers", default="1,2,4", help="local cluster sizes, comma-separated")
+    p.add_argument("--workers", default="0,1,2,4", help="local cluster sizes, comma-separated, in run order; 0: this process, no Dask")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rows-per-chunk", type=int, default=32)
     p.add_argument("--vectors", type=int, default=100_000)
@@ -66,7 +67,7 @@ def make_folder(root: Path, n: int, side: int = 256, seed: int = 0) -> list:
     return paths
 
 
-def bench_extract(args, weights: Path, work: Path) -> list:
+def bench_extract(args, weights: Path, work: Path, on_row=lambda rows: None) -> list:
     import engine
     from engine.scale.digest import file_digest
     from engine.scale.extract import ModelSpec, engine_model_plugin, extract, local_client, spec_for
@@ -76,13 +77,14 @@ def bench_extract(args, weights: Path, work: Path) -> list:
     model = engine.load(weights)
     spec = spec_for(model, args.layer, (args.size, args.size), False, file_digest(weights), args.rows_per_chunk)
     rows = []
-    for workers in [0] + [int(w) for w in args.workers.split(",") if w]:
+    for workers in [int(w) for w in args.workers.split(",") if w]:
         store = FeatureStore.create_or_open(work / f"store{workers}.zarr", spec)
         client = local_client(workers) if workers else None
         try:
             if client is not None:  # the workers load the model before the clock starts
                 client.register_plugin(engine_model_plugin(ModelSpec(str(weights))), name=ModelSpec(str(weights)).plugin_name)
-            summary = extract(store, files, ModelSpec(str(weights)), client=client, batch=args.batch)
+            summary = extract(store, files, ModelSpec(str(weights)), client=client, batch=args.batch,
+                              progress=_every(max(1, len(files) // 20), workers))
         finally:
             if client is not None:
                 cluster = client.cluster
@@ -94,7 +96,19 @@ def bench_extract(args, weights: Path, work: Path) -> list:
                      "images_per_s": rate, "store_bytes_per_image": per_image})
         print(f"extract workers={workers or 'none (this process)'}: {summary.computed} images in {summary.seconds:.1f} s, "
               f"{rate:.2f} images/s, {per_image / 1024:.1f} KiB/image", flush=True)
+        on_row(rows)
     return rows
+
+
+def _every(step: int, workers: int):
+    """A ``progress`` callback printing a line each ``step`` images (rate and ETA so far)."""
+    last = [0]
+
+    def report(done, total, rate, eta):
+        if done - last[0] >= step or done == total:
+            last[0] = done
+            print(f"  workers={workers}: {done}/{total} images, {rate:.2f} images/s, ETA {eta / 60:.1f} min", flush=True)
+    return report
 
 
 def feature_like(n: int, seed: int = 0) -> np.ndarray:
@@ -148,16 +162,22 @@ def main(argv=None):
     args = parse_args(argv)
     from benchmarks.run import weights_file
 
-    results = {"machine": {"cpus": os.cpu_count()}, "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": {"cpus": os.cpu_count()},
+               "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(rows=()):  # after every row, so that a long run stopped early keeps what it measured
+        (args.out / "scale.json").write_text(json.dumps(dict(results, rows=results["rows"] + list(rows)), indent=1))
+
     with tempfile.TemporaryDirectory(prefix="convscope-scale-") as work:
         if "extract" in args.only:
-            results["rows"] += bench_extract(args, weights_file(args), Path(work))
+            results["rows"] += bench_extract(args, weights_file(args), Path(work), on_row=write)
     if "neighbours" in args.only:
         results["rows"] += bench_neighbours(args)
+        write()
     if "embed" in args.only:
         results["rows"] += bench_embed(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+    write()
     print(f"wrote {args.out / 'scale.json'}")
 
 
