@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from engine.errors import ConvscopeError
+from kernels._pages import pages
 
 DEVICES = ("cpu", "cuda", "auto", "reference")
 
@@ -150,8 +151,18 @@ class Buffers:
         flat = self._flat.get(full_key)
         if flat is None or flat.size < size:
             self._flat[full_key] = None  # free the old one first
-            flat = self._flat[full_key] = self.backend.empty((max(size, 1),), dtype)
+            if self.backend._host:  # on their own pages: no heap left behind as buffers grow
+                flat = self._flat[full_key] = pages(size, dtype)
+            else:
+                flat = self._flat[full_key] = self.backend.empty((max(size, 1),), dtype)
         return flat[:size].reshape(tuple(int(s) for s in shape))
+
+    def capacity(self, key, dtype=None) -> int:
+        """Elements the buffer of ``key`` holds now (0: none yet): a ``get`` of at most that many
+        returns its memory without allocating."""
+        dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
+        flat = self._flat.get((*(key if isinstance(key, tuple) else (key,)), dtype.str))
+        return 0 if flat is None else int(flat.size)
 
     def zeros(self, key, shape):
         return self.ops.fill(0.0, self.get(key, shape))

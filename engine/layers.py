@@ -7,8 +7,10 @@
 * ``input_shape(spec)`` / ``output_shape(spec, shape)``: the input shape the layer requires (None:
   any) and its output shape for an input shape, both without batch;
 * ``forward(trace, i, spec, h, shape)``: layer i's output (``shape`` with batch) for input ``h``,
-  in the model's buffers; the trace keeps what the backward needs (``trace.argmax[i]``,
-  ``trace.logits`` before a softmax or sigmoid);
+  in the model's buffers (``trace.own(i, role, shape)`` for a buffer that holds only layer i's
+  output, which a releasing backward may reuse once it is dead; a view of the input, as Flatten's,
+  is not owned); the trace keeps what the backward needs (``trace.argmax[i]``, ``trace.logits``
+  before a softmax or sigmoid);
 * ``backward(trace, i, spec, g, new_gradient)``: d/d input for ``g`` = d/d (output before the
   activation), in a buffer from ``new_gradient(shape)``; never a weight gradient.
 
@@ -20,6 +22,8 @@ NHWC, (N, n) after flatten, on the model's backend.
 from dataclasses import dataclass
 
 import numpy as np
+
+from kernels import argmax_dtype
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Conv2D(Layer):
 
     def forward(self, trace, i, spec, h, shape):
         model, activation = trace.model, ACTIVATIONS[spec.activation]
-        out = model._buffer("out", i, shape)
+        out = trace.own(i, "out", shape)
         options = model._conv_options
         model.backend.ops.conv2d_forward(h, *model._params[i], conv_padding(spec), activation.fused, out, **options)
         return activation.forward(trace, i, out)
@@ -93,7 +97,7 @@ class Dense(Layer):
 
     def forward(self, trace, i, spec, h, shape):
         model, activation = trace.model, ACTIVATIONS[spec.activation]
-        out = model._buffer("out", i, shape)
+        out = trace.own(i, "out", shape)
         model.backend.ops.dense_forward(h, *model._params[i], activation.fused, out)
         return activation.forward(trace, i, out)
 
@@ -113,8 +117,8 @@ class MaxPool2D(Layer):
         return self.window(spec).output_hw(shape) + (shape[2],)
 
     def forward(self, trace, i, spec, h, shape):
-        out = trace.model._buffer("out", i, shape)
-        argmax = trace.argmax[i] = trace.model._buffer("argmax", i, shape, np.int32)
+        out = trace.own(i, "out", shape)
+        argmax = trace.argmax[i] = trace.model._buffer("argmax", i, shape, argmax_dtype(spec.pool_size))
         trace.model.backend.ops.maxpool_forward(h, spec.pool_size, out, argmax)
         return out
 
@@ -182,7 +186,7 @@ class Normalising(Linear):
 
     def forward(self, trace, i, out):
         trace.logits = out
-        activated = trace.model._buffer("act", i, out.shape)
+        activated = trace.own(i, "act", out.shape)
         getattr(trace.model.backend.ops, f"{self.name}_forward")(out, activated)
         return activated
 

@@ -181,7 +181,7 @@ class Model:
         ``relu``: 'standard', 'guided' (guided backprop) or 'deconv' backward through every ReLU.
         """
         trace = self.trace(x, upto=layer)
-        grads = trace.backward({layer: grad_output}, relu=relu)
+        grads = trace.backward({layer: grad_output}, relu=relu, release=True)
         return self.backend.to_host(grads[INPUT])
 
 
@@ -195,10 +195,17 @@ class Trace:
         self.last = last
         n = x.shape[0]
         self.outputs, self.argmax, self.logits = [], {}, None
+        self.owned = {}  # layer index -> key of the buffer that holds only that layer's output
+        self.released = False
         h = x
         for i, spec in enumerate(model.layers[: last + 1]):
             h = LAYERS[spec.kind].forward(self, i, spec, h, (n,) + layer_output_shape(spec, h.shape[1:]))
             self.outputs.append(h)
+
+    def own(self, i, role, shape):
+        """The buffer (role, i) shaped ``shape``, for layer i's output and nothing else."""
+        self.owned[i] = (role, i)
+        return self.model._buffer(role, i, shape)
 
     def layer_input(self, i):
         """The input of layer i: the previous layer's output, or the network input."""
@@ -207,6 +214,8 @@ class Trace:
     def _check_current(self):
         if self.generation != self.model._generation:
             raise RuntimeError("this trace's buffers were reused by a newer trace of the model")
+        if self.released:
+            raise RuntimeError("this trace's outputs were released by its backward pass (release=True)")
 
     def output(self, name):
         """A layer's output (device array); 'logits' = the last layer before its activation."""
@@ -218,13 +227,19 @@ class Trace:
             return self.logits if self.logits is not None else self.outputs[i]
         return self.outputs[i]
 
-    def backward(self, grads: dict, relu="standard", wrt=(INPUT,)) -> dict:
+    def backward(self, grads: dict, relu="standard", wrt=(INPUT,), release=False) -> dict:
         """Backpropagate gradients injected at layer outputs; return them at ``wrt``.
 
         ``grads`` maps layer names (or 'logits') to arrays shaped like those outputs: the pass
         computes d sum_l sum(grads[l] * l(x)) / d(each name in wrt). ``wrt`` holds 'input' and/or
         layer names. ``relu`` selects the ReLU backward: 'standard', 'guided' or 'deconv'.
         The returned arrays belong to the caller (later passes do not overwrite them).
+
+        ``release``: the pass may write gradients into the buffers of layer outputs it no longer
+        needs (a layer's output is dead once its activation's backward has run), so that only
+        the gradients no dead output can hold take an arena (VGG16: one arena, not two); the
+        trace is then spent (``output`` and ``backward`` raise), and ``grads`` must not be views
+        of its outputs. Same results either way.
         """
         self._check_current()
         if relu not in RELU_MODES:
@@ -246,12 +261,28 @@ class Trace:
         stop = 0 if INPUT in wrt or not wrt_index else min(wrt_index)
         result = {}
         g = None
-        slot = 0  # gradients alternate between two arenas: each is dead once used
+        # Each layer's gradient goes to a buffer other than the one the previous layer's went to
+        # (``last``), which may still hold g: the two arenas alternate, and a releasing pass takes
+        # the smallest dead output buffer that fits before either arena.
         capacity = max(int(np.prod(h.shape)) for h in [self.input] + self.outputs[stop:start])
+        dead = [key for j, key in self.owned.items() if j > start] if release else []
+        last = None
+        if release:
+            self.released = True
 
         def new_gradient(shape):
-            nonlocal slot
-            slot ^= 1
+            nonlocal last
+            size = int(np.prod(shape))
+            fits = [(model._workspace.capacity(key), key) for key in dead if key != last]
+            fits = [(room, key) for room, key in fits if room >= size]
+            if fits:
+                last = min(fits)[1]
+                return model._buffer(last[0], last[1], shape)
+            free = [slot for slot in (0, 1) if last != ("arena", slot)]
+            # the free arena already largest, grown (once) to the largest gradient of the pass:
+            # a releasing pass through VGG16's conv stack grows one arena, in one allocation
+            slot = max(free, key=lambda k: model._workspace.capacity(("arena", k)))
+            last = ("arena", slot)
             return model._arena(slot, shape, capacity)
 
         for i in range(start, stop - 1, -1):
@@ -263,6 +294,8 @@ class Trace:
                     break
             if g is not None:
                 g = ACTIVATIONS[spec.activation].backward(self, i, g, mode)
+            if release and i in self.owned:
+                dead.append(self.owned[i])  # read for the last time by the activation's backward
             if i == len(model.layers) - 1 and LOGITS in injected:
                 g = self._inject(g, injected[LOGITS], i, role="glogit")
             if g is not None:

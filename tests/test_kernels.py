@@ -181,12 +181,13 @@ def test_relu_backward(backend, mode):
 POOL_CASES = [((1, 4, 6, 3), (2, 2)), ((2, 5, 7, 2), (2, 2)), ((1, 7, 8, 3), (3, 2))]
 
 
+@pytest.mark.parametrize("index", ["uint8", "int32"])
 @pytest.mark.parametrize("shape,pool", POOL_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_maxpool_forward(backend, shape, pool):
+def test_maxpool_forward(backend, shape, pool, index):
     x = rand(np.random.default_rng(3), *shape)
     out_shape = (shape[0], shape[1] // pool[0], shape[2] // pool[1], shape[3])
-    out, argmax = nan_buffer(out_shape), np.full(out_shape, -1, np.int32)
+    out, argmax = nan_buffer(out_shape), np.full(out_shape, 255, index)
     run(backend, "maxpool_forward", x, pool, out, argmax)
     expected_argmax = np.empty(out_shape, np.int32)
     expected = ref.maxpool_forward(x, pool, np.empty_like(out), expected_argmax)
@@ -205,17 +206,38 @@ def test_maxpool_first_maximum_wins_ties(backend):
     assert (x == 2).sum() > 10  # the data really has ties
 
 
+@pytest.mark.parametrize("index", ["uint8", "int32"])
 @pytest.mark.parametrize("shape,pool", POOL_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_maxpool_backward(backend, shape, pool):
+def test_maxpool_backward(backend, shape, pool, index):
     rng = np.random.default_rng(5)
     out_shape = (shape[0], shape[1] // pool[0], shape[2] // pool[1], shape[3])
-    argmax = rng.integers(0, pool[0] * pool[1], out_shape).astype(np.int32)
+    argmax = rng.integers(0, pool[0] * pool[1], out_shape).astype(index)
     grad_out = rand(rng, *out_shape)
     grad_in = nan_buffer(shape)  # the floor remainder rows/columns must come back zero
     run(backend, "maxpool_backward", grad_out, argmax, pool, grad_in)
     expected = ref.maxpool_backward(grad_out, argmax, pool, np.empty_like(grad_in))
     np.testing.assert_array_equal(grad_in, expected)
+
+
+def test_argmax_dtype_holds_every_window_position():
+    from kernels import argmax_dtype
+
+    assert argmax_dtype((2, 2)) == "uint8" and argmax_dtype((16, 16)) == "uint8"
+    assert argmax_dtype((16, 17)) == "int32"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_maxpool_wide_window_positions_past_uint8(backend):
+    # a 1 x 300 window: the winner sits at position 280, which uint8 cannot hold
+    x = np.zeros((1, 1, 300, 2), np.float32)
+    x[0, 0, 280] = 1.0
+    out, argmax = nan_buffer((1, 1, 1, 2)), np.zeros((1, 1, 1, 2), np.int32)
+    run(backend, "maxpool_forward", x, (1, 300), out, argmax)
+    np.testing.assert_array_equal(argmax, 280)
+    if backend == "cpu":
+        with pytest.raises(ValueError, match="use int32"):
+            run(backend, "maxpool_forward", x, (1, 300), out, np.zeros((1, 1, 1, 2), np.uint8))
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -296,3 +318,24 @@ def test_cpu_relu_backward_rejects_unknown_mode():
     y = np.ones(3, np.float32)
     with pytest.raises(ValueError):
         run("cpu", "relu_backward", y, y, 7, np.empty_like(y))
+
+
+def test_page_buffers_are_private_writable_and_zero():
+    """kernels._pages: big buffers on their own private maps (a forked child's writes stay its
+    own, as with malloc), small ones from numpy."""
+    import os
+
+    from kernels._pages import MIN_BYTES, pages
+
+    big = pages(MIN_BYTES // 4, np.float32)
+    assert big.flags.writeable and big.flags.c_contiguous and big.dtype == np.float32
+    assert big.size == MIN_BYTES // 4 and not big.any()
+    big[:] = 1.0
+    pid = os.fork()
+    if pid == 0:
+        big[:] = 5.0
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (big == 1.0).all()
+    small = pages(3, np.uint8)
+    assert small.size == 3 and small.base is None

@@ -131,6 +131,62 @@ def test_backward_gradients_live_in_two_arenas_of_the_largest_size():
     np.testing.assert_allclose(again, grads["c2"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("relu", ["standard", "guided"])
+@pytest.mark.parametrize("inject,wrt", [
+    (("out",), ("input",)), (("logits",), ("input",)), (("p1",), ("input",)), (("c1",), ("input",)),
+    (("c2", "d1"), ("input", "c2")), (("logits", "c3"), ("input", "p1", "d1")), (("d1",), ("c2",)),
+])
+def test_a_releasing_backward_gives_the_same_gradients_and_spends_the_trace(inject, wrt, relu):
+    model, x = model64(), x_input(3)
+    trace = model.trace(x)
+    grads = {name: uniform(7, name, trace.output(name).shape, -1, 1) for name in inject}
+    kept = trace.backward(grads, relu=relu, wrt=wrt)
+    released = model.trace(x).backward(grads, relu=relu, wrt=wrt, release=True)
+    assert set(released) == set(wrt)
+    for name in wrt:
+        np.testing.assert_array_equal(released[name], kept[name])
+        assert np.abs(kept[name]).max() > 0
+    trace = model.trace(x)
+    trace.backward(grads, relu=relu, wrt=wrt, release=True)
+    with pytest.raises(RuntimeError, match="released"):
+        trace.output("c1")
+    with pytest.raises(RuntimeError, match="released"):
+        trace.backward(grads, relu=relu, wrt=wrt)
+
+
+def vgg_like_spec(top=True):
+    """Two VGG blocks (conv, conv, pool) and a classifier: channels double as the size halves."""
+    def conv(name, cin, cout):
+        return LayerSpec(name, "conv2d", "relu", uniform(8, name + "k", (3, 3, cin, cout), -0.4, 0.4),
+                         uniform(8, name + "b", (cout,), -0.1, 0.1), "same")
+
+    layers = [conv("b1c1", 3, 4), conv("b1c2", 4, 4), LayerSpec("b1p", "maxpool2d", pool_size=(2, 2)),
+              conv("b2c1", 4, 8), conv("b2c2", 8, 8), LayerSpec("b2p", "maxpool2d", pool_size=(2, 2)),
+              LayerSpec("flat", "flatten"),
+              LayerSpec("fc", "dense", "softmax", uniform(8, "fk", (32, 5), -0.3, 0.3), uniform(8, "fb", (5,), -0.1, 0.1))]
+    return NetworkSpec(layers if top else layers[:6], (None, None, 3))
+
+
+@pytest.mark.parametrize("top", [False, True])
+def test_a_releasing_backward_through_vgg_blocks_needs_one_arena_of_the_largest_pool_input(top):
+    """Each convolution's input gradient goes into a dead output (its own, once its ReLU backward
+    has read it); only a max-pool's, 4x its output, needs an arena: one, of the largest gradient
+    (with a classifier, whose gradient sits in one arena when the last pool's needs another, two,
+    as a non-releasing pass always has)."""
+    model, x = model64(vgg_like_spec(top)), uniform(9, "x", (2, 8, 8, 3), -1, 1).astype(np.float64)
+    g = uniform(9, "g", (2, 5) if top else (2, 2, 2, 8), -1, 1)
+    released = model.input_gradient(x, "logits", g)
+    arenas = {k[1]: a.size for k, a in model._workspace.items() if k[0] == "arena"}
+    pool_input = 2 * 8 * 8 * 4  # b1c2's output
+    assert arenas == ({0: pool_input, 1: pool_input} if top else {0: pool_input})
+    trace = model.trace(x)
+    kept = trace.backward({"logits": g})["input"]
+    np.testing.assert_array_equal(released, kept)
+    assert np.abs(kept).max() > 0
+    arenas = {k[1]: a.size for k, a in model._workspace.items() if k[0] == "arena"}
+    assert arenas == {0: 2 * 8 * 8 * 4, 1: 2 * 8 * 8 * 4}
+
+
 def test_layer_buffers_are_one_per_role_and_layer_whatever_the_input_size():
     """Traces at three input sizes (as DeepDream's octaves) share one buffer per role and layer,
     grown to the largest size, and every size still gives the results of a fresh model."""

@@ -144,7 +144,7 @@ def _dream_score(model, x, layers: dict, tile: int, acc, weight: float, grad):
             scale = weight * layer_weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
             grads[name] = buffers.zeros(("dream layer", name), a.shape)
             ops.square_sum(a, 0.0, region, scale, acc.loss, grads[name])
-        ops.axpy(1.0, trace.backward(grads)[INPUT], grad)
+        ops.axpy(1.0, trace.backward(grads, release=True)[INPUT], grad)
         return
     upto = model.layers[: model.layer_index(deepest) + 1]
     strides, halo, align = tile_grid(upto)
@@ -172,7 +172,7 @@ def _dream_score(model, x, layers: dict, tile: int, acc, weight: float, grad):
                 if y1 > y0 and x1 > x0:
                     scale = weight * layer_weight / ((lh - 2 * BORDER) * (lw - 2 * BORDER) * lc)
                     ops.square_sum(a, 0.0, (y0, y1, x0, x1), scale, acc.loss, grads[name])
-            ops.add_window(trace.backward(grads)[INPUT], (wy0, wx0), grad)
+            ops.add_window(trace.backward(grads, release=True)[INPUT], (wy0, wx0), grad)
 
 
 def dream_objective(model, layers: dict, tile: int = 512, roll: int = 0, seed: int = 0) -> Objective:

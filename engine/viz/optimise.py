@@ -86,7 +86,7 @@ def gradient(model, buffers, x, objective, transforms=(), rng=None, relu="standa
     grads = {name: buffers.zeros(("grad", name), acts[name].shape) for name in objective.layers}
     objective.score(Accumulator(buffers, acts, loss, grads), 1.0)
     if layers:
-        g = trace.backward({name: grads[name] for name in layers}, relu=relu)[INPUT]
+        g = trace.backward({name: grads[name] for name in layers}, relu=relu, release=True)[INPUT]
         g = adjoint_all(buffers, transforms, g, states)
     else:
         g = buffers.zeros("input gradient", x.shape)

@@ -79,9 +79,10 @@ def scratch(name, size, dtype):
         buffers = _local.buffers = {}
     buf = buffers.get(key)
     if buf is None or buf.size < size:
-        import numpy as np
+        from kernels._pages import pages
 
-        buf = buffers[key] = np.empty(max(size, 1), dtype=dtype)
+        buffers[key] = None  # free the old one first
+        buf = buffers[key] = pages(size, dtype)
     return buf[:size]
 
 

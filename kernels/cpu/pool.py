@@ -1,7 +1,7 @@
 """Non-overlapping max-pooling (stride = pool, 'valid', floor for odd sizes) and its backward.
 
-The forward records ``argmax = dy * pw + dx`` (int32, shape of the pooled output), the first
-maximum of each window winning ties, as Keras does; the backward routes each pooled gradient to
+The forward records ``argmax = dy * pw + dx`` (uint8 or int32, ``kernels.argmax_dtype``; shape of
+the pooled output), the first maximum of each window winning ties, as Keras does; the backward routes each pooled gradient to
 that position. Both run in parallel over (image, pooled row): those own disjoint bands of input
 rows, so the backward's scatter has no races. Channels are the innermost loop (NHWC), so each
 comparison and copy runs over contiguous memory.
@@ -10,14 +10,20 @@ comparison and copy runs over contiguous memory.
 import numpy as np
 from numba import njit, prange
 
+from kernels import argmax_dtype
 from kernels.cpu._checks import input_like, output_buffer
 from kernels.cpu._types import c_array, i64, per_float, types
 
-_int32_4d = c_array(types.int32, 4)
+_ARGMAX_TYPES = {"uint8": types.uint8, "int32": types.int32}
+
+
+def _per_float_and_argmax(signature):
+    """Signatures for each float type and each argmax type."""
+    return [sig for index in _ARGMAX_TYPES.values() for sig in per_float(lambda f: signature(f, c_array(index, 4)))]
 
 
 @njit(
-    per_float(lambda f: types.void(c_array(f, 4), i64, i64, c_array(f, 4), _int32_4d)),
+    _per_float_and_argmax(lambda f, index: types.void(c_array(f, 4), i64, i64, c_array(f, 4), index)),
     parallel=True,
     cache=True,
 )
@@ -46,7 +52,7 @@ def _maxpool_forward(x, ph, pw, out, argmax):
 
 
 @njit(
-    per_float(lambda f: types.void(c_array(f, 4), _int32_4d, i64, i64, c_array(f, 4))),
+    _per_float_and_argmax(lambda f, index: types.void(c_array(f, 4), index, i64, i64, c_array(f, 4))),
     parallel=True,
     cache=True,
 )
@@ -88,8 +94,10 @@ def maxpool_forward(x, pool, out, argmax):
     ph, pw = int(pool[0]), int(pool[1])
     if not _pooled_shape_ok(x.shape, (ph, pw), out.shape):
         raise ValueError(f"out {out.shape} is not x {x.shape} pooled by {(ph, pw)}")
-    if argmax.shape != out.shape or argmax.dtype != np.int32 or not argmax.flags.c_contiguous:
-        raise ValueError(f"argmax must be a C-contiguous int32 array of shape {out.shape}")
+    if argmax.shape != out.shape or argmax.dtype.name not in _ARGMAX_TYPES or not argmax.flags.c_contiguous:
+        raise ValueError(f"argmax must be a C-contiguous uint8 or int32 array of shape {out.shape}")
+    if argmax.dtype.name != argmax_dtype((ph, pw)) and argmax.dtype != np.int32:
+        raise ValueError(f"a {ph}x{pw} window's argmax does not fit {argmax.dtype}: use int32")
     _maxpool_forward(x, ph, pw, out, argmax)
     return out
 
@@ -98,7 +106,9 @@ def maxpool_backward(grad_out, argmax, pool, grad_in):
     """Route each pooled gradient to the input position that won the forward max."""
     output_buffer(grad_in, "grad_in", ndim=4)
     grad_out = input_like(grad_out, grad_in, "grad_out", ndim=4)
-    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    if argmax.dtype.name not in _ARGMAX_TYPES:
+        argmax = argmax.astype(np.int32)
+    argmax = np.ascontiguousarray(argmax)
     ph, pw = int(pool[0]), int(pool[1])
     if not _pooled_shape_ok(grad_in.shape, (ph, pw), grad_out.shape):
         raise ValueError(f"grad_out {grad_out.shape} is not grad_in {grad_in.shape} pooled")

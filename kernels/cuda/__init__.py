@@ -8,7 +8,7 @@ rolls, bilinear resizes and windows of image batches (``images.py``); and the Fo
 parameterisation's inverse real DFT and its adjoint (``fourier.py``).
 
 Layout and conventions are those of ``kernels/__init__.py`` (NHWC float32, C-contiguous; conv
-kernels (kh, kw, c_in, c_out) as cross-correlation; int32 argmax ``dy * pw + dx``).
+kernels (kh, kw, c_in, c_out) as cross-correlation; uint8/int32 argmax ``dy * pw + dx``).
 
 Needs the ``numba-cuda`` package (``pip install -e ".[cuda]"``). Importing this module never
 touches a GPU; ``is_available()`` says whether kernels can run here (a GPU, or Numba's simulator

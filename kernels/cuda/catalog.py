@@ -25,7 +25,7 @@ DENSE = np.zeros((2, 4), np.float32)
 SAMPLES = np.zeros(2, np.float32)
 EXAMPLES = {
     "kernel": np.zeros((3, 3, 2, 2), np.float32), "bias": np.zeros(2, np.float32), "pad": (1, 1), "relu": True,
-    "mode": 0, "pool": (2, 2), "argmax": np.zeros((2, 4, 4, 2), np.int32), "alpha": 1.0, "value": 0.0,
+    "mode": 0, "pool": (2, 2), "argmax": np.zeros((2, 4, 4, 2), np.uint8), "alpha": 1.0, "value": 0.0,
     "scale": SAMPLES, "total": SAMPLES, "active": np.ones(2, np.int32), "index": np.zeros(2, np.int64),
     "method": "rms", "eps": 1e-5, "weight": 1.0, "center": 0.0, "beta": 2.0, "region": (0, 4, 0, 4),
     "shift": (1, 1), "origin": (0, 0),

@@ -48,7 +48,7 @@ def maxpool_backward_kernel(grad_out, argmax, ph, pw, grad_in):
 
 
 def maxpool_forward(x, pool, out, argmax):
-    """x (N,H,W,C) -> out, argmax (N,H//ph,W//pw,C); argmax int32."""
+    """x (N,H,W,C) -> out, argmax (N,H//ph,W//pw,C); argmax uint8 or int32 (``kernels.argmax_dtype``)."""
     grid = blocks_for(out.size, ELEMENTWISE_THREADS)
     maxpool_forward_kernel[grid, ELEMENTWISE_THREADS](x, pool[0], pool[1], out, argmax)
     return out
