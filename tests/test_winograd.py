@@ -318,38 +318,3 @@ def test_scatter_channels_first_is_at_m_a(relu):
         expected = np.maximum(expected, 0)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
-
-@pytest.mark.parametrize("transposed", [False, True])
-def test_a_deep_layer_splits_when_its_one_chunk_would_pass_the_scratch_cap(monkeypatch, transposed):
-    """A deep layer (big U, few tiles) runs as one chunk unless its V + M would exceed
-    MAX_CHUNK_BYTES: then as chunks within the cap, to the same values."""
-    from kernels.cpu import _threads
-
-    rng = np.random.default_rng(12)
-    x, kernel, bias = random_layer(rng, 2, 6, 6, 128, 128)
-    kernel.flags.writeable = False
-    bias = None if transposed else bias  # the input gradient has none
-    winograd.clear_kernel_cache()
-    whole = np.empty((2, 6, 6, 128), np.float32)
-    winograd.conv_winograd(x, kernel, bias, (1, 1), False, whole, transposed)
-    asked = []
-    scratch = _threads.scratch
-
-    def recording(name, size, dtype):
-        if name in ("wino_vs", "wino_m"):
-            asked.append(size * np.dtype(dtype).itemsize)
-        return scratch(name, size, dtype)
-
-    monkeypatch.setattr(_threads, "scratch", recording)
-    monkeypatch.setattr(winograd, "MAX_CHUNK_BYTES", 100 << 10)  # one chunk would be 288 KiB
-    split = np.full_like(whole, np.nan)
-    winograd.conv_winograd(x, kernel, bias, (1, 1), False, split, transposed)
-    assert len(asked) == 2 * 3 and max(asked) <= 60 << 10  # three chunks of 6 tiles
-    assert rel_err(split, whole) < 1e-6  # other GEMM shapes: rounding only
-    x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
-    if transposed:
-        expected = ref.conv2d_backward_input(x64, k64, (1, 1), np.empty(whole.shape))
-    else:
-        expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), False, np.empty(whole.shape))
-    assert rel_err(split, expected) < TOL[2]
-    winograd.clear_kernel_cache()

@@ -65,9 +65,6 @@ from kernels.cpu.winograd_tiles import (
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
 WORKSPACE_BYTES = 2 << 20
-# At most this many bytes of V + M per chunk, however big U is: VGG16's block4 at 224 px batch 8
-# (57 MB in one chunk) takes four, which keeps 55 MB of scratch out of the calling thread
-MAX_CHUNK_BYTES = 16 << 20
 # U^T is kept as a contiguous copy up to this size (VGG16 up to 256x256 channels), else a view
 TRANSPOSED_COPY_BYTES = 10 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
@@ -302,9 +299,9 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     # same arithmetic (BLAS picks its kernels by matrix size). Every chunk reads all of U (a^2 ci
     # co values): a chunk of fewer than ci co / (ci + co) tiles moves more kernel than data, so
     # deep layers (few tiles, big U) take one chunk, run by the calling thread, whose a^2 GEMMs
-    # the workers share out instead (``_gemms``), unless its V and M would pass MAX_CHUNK_BYTES.
+    # the workers share out instead (``_gemms``).
     chunks = -(-total * per_tile // WORKSPACE_BYTES)
-    chunks = max(1, min(chunks, total * (ci + co) // (ci * co)), -(-total * per_tile // MAX_CHUNK_BYTES))
+    chunks = max(1, min(chunks, total * (ci + co) // (ci * co)))
     tc = -(-total // chunks)
     dtype = out.dtype
     bt, at = transforms(m, dtype, transposed)
