@@ -97,7 +97,7 @@ def test_conv2d_backward_input(backend, case):
 
 
 def test_cpu_conv_crosses_chunk_and_image_boundaries(monkeypatch):
-    """A tiny im2col workspace forces many chunks, some spanning two images of the batch."""
+    """A tiny im2col workspace forces many chunks, images cut into runs of output rows."""
     from kernels.cpu import im2col
 
     monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 3 * 7 * 27 * 4)  # 3 output rows per chunk
@@ -117,7 +117,8 @@ def test_cpu_conv_crosses_chunk_and_image_boundaries(monkeypatch):
 @pytest.mark.parametrize("relu", [False, True])
 def test_cpu_im2col_short_dot_products_in_worker_chunks(monkeypatch, relu, transposed):
     """Short dot products (K <= SMALL_K, the first layer) go in per-worker chunks of pixels; chunks
-    of 5 pixels cross output rows and images. Same bits as the row-chunked path, and the reference."""
+    of 5 pixels cross output rows. As the row-chunked path and the reference, to rounding (their
+    GEMMs differ in height, which BLAS may round differently)."""
     from kernels.cpu import im2col
 
     rng = np.random.default_rng(8)
@@ -132,7 +133,7 @@ def test_cpu_im2col_short_dot_products_in_worker_chunks(monkeypatch, relu, trans
     monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 3 * 7 * 27 * 4)  # 3 output rows per chunk
     rows = nan_buffer(shape)
     im2col.conv_im2col_gemm(x, kernel, bias, (1, 1), relu, rows, transposed)
-    np.testing.assert_array_equal(chunked, rows)
+    assert rel_err(chunked, rows) < TOL
     k = im2col.flipped_transposed(kernel) if transposed else kernel
     expected = ref.conv2d_forward(x, k, np.zeros(6) if bias is None else bias, (1, 1), relu, np.empty(shape))
     assert rel_err(chunked, expected) < TOL
@@ -339,3 +340,61 @@ def test_page_buffers_are_private_writable_and_zero():
     assert (big == 1.0).all()
     small = pages(3, np.uint8)
     assert small.size == 3 and small.base is None
+
+
+# (h, c_in, c_out, k, algorithm): every CPU convolution path (see kernels/cpu/conv.py) at shapes
+# where BLAS's row blocking comes into play
+INVARIANCE_CASES = [
+    (24, 32, 48, 3, "auto"),  # Winograd F(4x4), images cut into runs of tiles
+    (14, 96, 128, 3, "auto"),  # Winograd F(2x2), whole images grouped
+    (40, 3, 16, 3, "auto"),  # im2col, short dot products in worker chunks
+    (20, 24, 40, 3, "gemm"),  # im2col, row chunks
+    (20, 32, 48, 1, "auto"),  # 1x1: a plain GEMM
+    (18, 16, 40, 5, "auto"),  # 5x5: im2col
+]
+
+
+@pytest.mark.parametrize("case", INVARIANCE_CASES, ids=lambda c: f"{c[0]}px-{c[1]}to{c[2]}-k{c[3]}-{c[4]}")
+def test_cpu_conv_of_an_image_does_not_depend_on_its_batch(case, monkeypatch):
+    """Each image's output, forward and input gradient, is bit for bit the same in a batch of 1, 2,
+    3 or 5 (BLAS rounds a row differently by the height of its product: kernels/cpu/_batch.py)."""
+    from kernels.cpu import conv, im2col, winograd
+
+    h, ci, co, k, algorithm = case
+    # small workspaces so that a batch of 5 spans several chunks, and runs of one image several
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 64 << 10)
+    monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 96 << 10)
+    monkeypatch.setattr(im2col, "SMALL_K_PIXELS", 300)
+    rng = np.random.default_rng(h * ci + co)
+    x, grad = rand(rng, 5, h, h, ci), rand(rng, 5, h, h, co)
+    kernel, bias = rand(rng, k, k, ci, co) * 0.1, rand(rng, co)
+    kernel.flags.writeable = False  # as the engine's: Winograd takes read-only kernels
+    pad = (k // 2, k // 2)
+
+    def both(n):
+        out, grad_in = nan_buffer((n, h, h, co)), nan_buffer((n, h, h, ci))
+        conv.conv2d_forward(x[:n], kernel, bias, pad, True, out, algorithm=algorithm)
+        conv.conv2d_backward_input(grad[:n], kernel, pad, grad_in, algorithm=algorithm)
+        return out, grad_in
+
+    out5, grad5 = both(5)
+    assert rel_err(out5, ref.conv2d_forward(x, kernel, bias, pad, True, np.empty_like(out5))) < TOL
+    for n in (1, 2, 3):
+        out, grad_in = both(n)
+        np.testing.assert_array_equal(out, out5[:n])
+        np.testing.assert_array_equal(grad_in, grad5[:n])
+
+
+def test_cpu_dense_of_a_sample_does_not_depend_on_its_batch():
+    rng = np.random.default_rng(11)
+    x, kernel, bias, grad = rand(rng, 6, 700), rand(rng, 700, 90), rand(rng, 90), rand(rng, 6, 90)
+    out6, grad6 = nan_buffer((6, 90)), nan_buffer((6, 700))
+    run("cpu", "dense_forward", x, kernel, bias, True, out6)
+    run("cpu", "dense_backward_input", grad, kernel, grad6)
+    assert rel_err(out6, ref.dense_forward(x, kernel, bias, True, np.empty_like(out6))) < TOL
+    for n in (1, 2, 5):
+        out, grad_in = nan_buffer((n, 90)), nan_buffer((n, 700))
+        run("cpu", "dense_forward", x[:n], kernel, bias, True, out)
+        run("cpu", "dense_backward_input", grad[:n], kernel, grad_in)
+        np.testing.assert_array_equal(out, out6[:n])
+        np.testing.assert_array_equal(grad_in, grad6[:n])

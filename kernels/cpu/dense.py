@@ -3,10 +3,15 @@
 x (N, n_in), kernel (n_in, n_out) as in Keras. The products go to NumPy's BLAS, written straight
 into the caller's buffer; ``dense_backward_input`` passes ``kernel.T`` as a transposed view, which
 BLAS consumes without a copy. The bias(+ReLU) epilogue is the one the convolution uses.
+
+Each sample is its own product (one row: BLAS's vector-matrix kernel), so a sample's values do
+not depend on its batch (see ``_batch``); the kernel is then read once per sample, which costs
+VGG16's classifier ~15 ms per sample per pass here (figures in benchmarks/README.md).
 """
 
 import numpy as np
 
+from kernels.cpu._batch import segmented_matmul
 from kernels.cpu._checks import input_like, output_buffer
 from kernels.cpu.epilogue import bias_relu_inplace
 
@@ -21,7 +26,7 @@ def dense_forward(x, kernel, bias, relu, out):
         raise ValueError(f"x {x.shape} @ kernel {kernel.shape} does not fit out {out.shape}")
     if bias.shape[0] != kernel.shape[1]:
         raise ValueError(f"bias {bias.shape} does not match n_out = {kernel.shape[1]}")
-    np.matmul(x, kernel, out=out)
+    segmented_matmul(x, kernel, out, 1)
     bias_relu_inplace(out, bias, bool(relu))
     return out
 
@@ -35,5 +40,5 @@ def dense_backward_input(grad_out, kernel, grad_in):
         raise ValueError(
             f"grad_out {grad_out.shape} @ kernel.T {kernel.T.shape} does not fit {grad_in.shape}"
         )
-    np.matmul(grad_out, kernel.T, out=grad_in)
+    segmented_matmul(grad_out, kernel.T, grad_in, 1)
     return grad_in

@@ -1,30 +1,31 @@
 """Convolution as im2col + SGEMM, one bounded chunk of output rows at a time.
 
-For a chunk of output rows (rows of all images counted together, ``r = n * Ho + oy``) a parallel
+For a chunk of output rows (rows counted over all images, ``r = n * Ho + oy``) a parallel
 Numba kernel gathers every receptive field into ``cols`` (chunk_rows * Wo, kh * kw * Ci), whose
 column order (ky, kx, ci) matches ``kernel.reshape(kh * kw * Ci, Co)``; NumPy's BLAS then writes
 ``cols @ kernel2d`` straight into that chunk of ``out`` (a contiguous view of the NHWC output),
 and the fused bias(+ReLU) epilogue runs while the chunk is still in cache. The workspace is
 bounded (``WORKSPACE_BYTES``) and reused across chunks, so memory stays flat for any image size
 or batch. Taps that fall outside the input read zero, so any ``pad`` (top, left) and any output
-size work, as in ``kernels/reference.py``.
+size work, as in ``kernels/reference.py``. A chunk is part of one image, cut the same way in every
+image, or whole images with a GEMM each (``_batch``: an image's bits do not depend on its batch).
 
 Layers with a short dot product (``K = kh * kw * Ci`` at most ``SMALL_K``: VGG16's first layer,
 K = 27) go another way: their GEMM is thin and their output 64/27 times the columns, so a 32 MB
 chunk of columns meant a 76 MB chunk of output written by BLAS and read again by the epilogue
 from memory, and 32 MB of workspace at the peak. They are cut into chunks of ``SMALL_K_PIXELS``
 output pixels that ``_threads``' workers take whole (gather, single-threaded GEMM, epilogue, all
-in one core's cache, with a per-thread buffer of ~100 KB). Each output element is the same dot
-product in BLAS either way (same bits; BLAS splits rows and columns between threads, never K).
+in one core's cache, with a per-thread buffer of ~100 KB). The two paths take GEMMs of other
+heights, so their results may differ by BLAS's rounding (``_batch``).
 
 A 1x1 convolution over an unpadded, same-sized output needs no gather at all: its ``cols`` is
-the input itself, viewed as (N*H*W, Ci).
+the input itself, viewed as (N*H*W, Ci), taken image by image.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu import _threads
+from kernels.cpu import _batch, _threads
 from kernels.cpu._types import c_array, i64, per_float, types
 from kernels.cpu.epilogue import bias_relu_inplace, bias_relu_serial
 
@@ -105,37 +106,40 @@ def _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out):
     """The per-worker path of short dot products (see the module docstring)."""
     _, ho, wo, co = out.shape
     k = kernel2d.shape[0]
-    total = out.shape[0] * ho * wo
-    out2d = out.reshape(total, co)
+    n, pixels = out.shape[0], ho * wo
+    out2d = out.reshape(n * pixels, co)
+    runs, segment = _batch.image_runs(n, pixels, -(-pixels // SMALL_K_PIXELS),
+                                      -(-n * pixels // SMALL_K_PIXELS))
+    sizes = dict(runs)
 
     def chunk(p0):
-        size = min(SMALL_K_PIXELS, total - p0)
+        size = sizes[p0]
         cols = _threads.scratch("im2col_small_k", size * k, out.dtype).reshape(size, k)
         im2col_pixels(x, kh, kw, top, left, p0, ho, wo, cols)
         y = out2d[p0 : p0 + size]
-        np.matmul(cols, kernel2d, out=y)
+        _batch.segmented_matmul(cols, kernel2d, y, segment)
         if bias is not None:
             bias_relu_serial(y, bias, relu)
         elif relu:
             np.maximum(y, 0, out=y)
 
-    _threads.run_chunks(chunk, range(0, total, SMALL_K_PIXELS))
+    _threads.run_chunks(chunk, sizes)
     return out
 
 
-def _gemm_epilogue(cols, kernel2d, bias, relu, out_chunk):
-    np.matmul(cols, kernel2d, out=out_chunk)
+def _gemm_epilogue(cols, kernel2d, bias, relu, out_chunk, segment):
+    _batch.segmented_matmul(cols, kernel2d, out_chunk, segment)
     if bias is not None:
         bias_relu_inplace(out_chunk, bias, relu)
     elif relu:
         np.maximum(out_chunk, 0, out=out_chunk)
 
 
-def _chunk_rows(total_rows, bytes_per_row):
-    """Rows per chunk: within the workspace budget, and balanced so the last chunk is not tiny."""
-    rows = max(1, min(total_rows, WORKSPACE_BYTES // max(1, bytes_per_row)))
-    n_chunks = -(-total_rows // rows)
-    return -(-total_rows // n_chunks)
+def _image_runs(images, per_image, bytes_per_unit):
+    """``_batch.image_runs`` within the workspace: an image cut into near-equal runs when it
+    does not fit, else whole images gathered up to it (each its own GEMM)."""
+    fit = max(1, WORKSPACE_BYTES // max(1, bytes_per_unit))
+    return _batch.image_runs(images, per_image, -(-per_image // fit), -(-images // max(1, fit // per_image)))
 
 
 def flipped_transposed(kernel):
@@ -162,13 +166,13 @@ def conv_im2col_gemm(x, kernel, bias, pad, relu, out, transposed=False):
     if k <= SMALL_K:
         return _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out)
     out2d = out.reshape(total_rows * wo, co)
-    rows = _chunk_rows(total_rows, wo * k * out.itemsize)
-    workspace = np.empty((rows * wo, k), dtype=out.dtype)
-    for r0 in range(0, total_rows, rows):
-        r1 = min(total_rows, r0 + rows)
-        cols = workspace[: (r1 - r0) * wo]
+    runs, segment = _image_runs(n, ho, wo * k * out.itemsize)
+    workspace = np.empty((max(size for _, size in runs) * wo, k), dtype=out.dtype)
+    for r0, rows in runs:
+        cols = workspace[: rows * wo]
         im2col_rows(x, kh, kw, top, left, r0, ho, wo, cols)
-        _gemm_epilogue(cols, kernel2d, bias, relu, out2d[r0 * wo : r1 * wo])
+        _gemm_epilogue(cols, kernel2d, bias, relu, out2d[r0 * wo : (r0 + rows) * wo],
+                       None if segment is None else segment * wo)
     return out
 
 
@@ -184,8 +188,7 @@ def conv_pointwise_gemm(x, kernel, bias, pad, relu, out, transposed=False):
     x2d = x.reshape(pixels, ci)
     out2d = out.reshape(pixels, co)
     kernel2d = kernel.reshape(ci, co)
-    step = _chunk_rows(pixels, (ci + co) * out.itemsize)
-    for p0 in range(0, pixels, step):
-        p1 = min(pixels, p0 + step)
-        _gemm_epilogue(x2d[p0:p1], kernel2d, bias, relu, out2d[p0:p1])
+    runs, segment = _image_runs(n, h * w, (ci + co) * out.itemsize)
+    for p0, size in runs:
+        _gemm_epilogue(x2d[p0 : p0 + size], kernel2d, bias, relu, out2d[p0 : p0 + size], segment)
     return out

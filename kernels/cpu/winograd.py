@@ -23,12 +23,14 @@ Tiles are numbered ``t = (n * tiles_h + ty) * tiles_w + tx``; tile (ty, tx) cove
 ``[ty*m, ty*m+m) x [tx*m, tx*m+m)`` and reads input rows ``ty*m - top ... + a - 1`` (columns
 alike). Input taps outside the image read zero (any pad, any size); outputs past the edge of
 ``out`` (ragged last tiles) are computed and dropped. Work goes in chunks of tiles whose V and M
-stay within ``WORKSPACE_BYTES``, so memory is bounded for any image or batch. The chunks run on
+stay within ``WORKSPACE_BYTES`` (but for deep layers, see ``conv_winograd``), so memory is bounded
+for any image size. A chunk is a run of one image's tiles, cut the same way in every image, or
+whole images each with its own GEMMs (``_batch``), so an image's result does not depend on its
+batch: m is chosen per image (``tile_size``) for the same reason. The chunks run on
 ``_threads``' workers, each a whole chunk with serial (``nogil``) Numba kernels and
 single-threaded BLAS, so a chunk's data stays in one core's cache and no thread pool waits for
 another between the six steps. A layer that is one chunk (deep layers at small batches) runs in
-the calling thread, and the workers share out its a^2 GEMMs instead. m is chosen per
-image (``tile_size``), so an image's result does not depend on its batch.
+the calling thread, and the workers share out its a^2 GEMMs instead.
 
 The input gradient is the same convolution with the flipped/transposed kernel
 (``transposed=True``), computed with the forward kernel's U read transposed and the data and
@@ -53,7 +55,7 @@ from collections import OrderedDict
 import numpy as np
 from numba import njit
 
-from kernels.cpu import _threads
+from kernels.cpu import _batch, _threads
 from kernels.cpu._types import c_array, i64, types
 from kernels.cpu.winograd_tiles import (
     _maybe_readonly,
@@ -65,6 +67,9 @@ from kernels.cpu.winograd_tiles import (
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
 WORKSPACE_BYTES = 2 << 20
+# Bytes of V + M of a chunk of whole images at most (deep layers, whose images are not cut); 8 MB
+# took 14 MiB off the 224 px batch 8 forward + gradient peak against 16 MB, in the same time
+MAX_GROUP_BYTES = 8 << 20
 # U^T is kept as a contiguous copy up to this size (VGG16 up to 256x256 channels), else a view
 TRANSPOSED_COPY_BYTES = 10 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
@@ -295,25 +300,33 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     if bias is None:
         bias = np.zeros(co, dtype=out.dtype)
     per_tile = a * a * (ci + co) * out.itemsize
-    # Chunks depend on the shapes only, never on the number of workers, so every machine does the
-    # same arithmetic (BLAS picks its kernels by matrix size). Every chunk reads all of U (a^2 ci
-    # co values): a chunk of fewer than ci co / (ci + co) tiles moves more kernel than data, so
-    # deep layers (few tiles, big U) take one chunk, run by the calling thread, whose a^2 GEMMs
-    # the workers share out instead (``_gemms``).
-    chunks = -(-total * per_tile // WORKSPACE_BYTES)
-    chunks = max(1, min(chunks, total * (ci + co) // (ci * co)))
-    tc = -(-total // chunks)
+    # Chunks depend on the shapes only, never on the number of workers, and never put the tiles of
+    # two images into one GEMM row block (``_batch``): an image is either cut into the same runs
+    # of tiles in every batch, or whole images share a chunk and each takes its own GEMMs. Every
+    # chunk reads all of U (a^2 ci co values): a run of fewer than ci co / (ci + co) tiles moves
+    # more kernel than data, so images with few tiles (deep layers) are not cut but grouped, and
+    # a batch that is one group runs in the calling thread, whose a^2 GEMMs the workers share out
+    # instead (``_gemms``).
+    per_image = tiles_h * tiles_w
+    useful = max(1, per_image * (ci + co) // (ci * co))
+    parts = min(-(-per_image * per_tile // WORKSPACE_BYTES), useful)
+    groups = min(-(-total * per_tile // WORKSPACE_BYTES), max(1, total * (ci + co) // (ci * co)))
+    # whole images take their own GEMMs anyway, so a big group is cut (at image boundaries) to
+    # bound V and M (VGG16's block4 at 224 px batch 8: an image per chunk, not one chunk of 8)
+    groups = max(groups, -(-total * per_tile // MAX_GROUP_BYTES))
+    runs, segment = _batch.image_runs(n, per_image, parts, groups)
+    starts = {t0: size for t0, size in runs}
     dtype = out.dtype
     bt, at = transforms(m, dtype, transposed)
     top, left = int(pad[0]), int(pad[1])
-    share = chunks == 1
+    share = len(runs) == 1
     # U^T as a view (big kernels' input gradient): BLAS reads a transposed B operand 20-70% slower
     # than a contiguous one (thin GEMMs, 16-64 rows: 2.5 vs 1.5 ms, 4.5 vs 3.2 ms for 16 GEMMs of
     # 512 x 512 here), so the product is taken swapped, M[k]^T = U[k] V[k]^T, as fast as a copy.
     swapped = not u.flags.c_contiguous
 
     def chunk(t0):
-        size = min(tc, total - t0)
+        size = starts[t0]
         p, q = size * ci, size * co
         # V is dead once M is made, so s (A^T M) reuses its buffer
         vs = _threads.scratch("wino_vs", max(a * a * p, a * m * q), dtype)
@@ -323,9 +336,10 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
         gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, d)
         v = d.reshape(a * a, size, ci)
         if swapped:  # M^T = U^T^T V^T: (a^2, co, tiles), U in its stored (contiguous) layout
-            _gemms(u.transpose(0, 2, 1), v.transpose(0, 2, 1), mm.reshape(a * a, co, size), share)
+            _gemms(u.transpose(0, 2, 1), v.transpose(0, 2, 1), mm.reshape(a * a, co, size), share,
+                   segment, columns=True)
         else:
-            _gemms(v, u, mm.reshape(a * a, size, co), share)
+            _gemms(v, u, mm.reshape(a * a, size, co), share, segment)
         # Y = A^T M A, separable: along columns into s, then along rows (into M's buffer, or, for
         # the swapped layout, block by block as the tiles are written)
         transform_axis(at, mm, a, q, s)
@@ -336,12 +350,13 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
             transform_axis(at, s, 1, m * q, y)
             scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
 
-    _threads.run_chunks(chunk, range(0, total, tc))
+    _threads.run_chunks(chunk, starts)
     return out
 
 
-def _gemms(v, u, out, share):
-    """out[k] = v[k] @ u[k] for the a^2 positions k (either operand may be a transposed view).
+def _gemms(v, u, out, share, segment, columns=False):
+    """out[k] = v[k] @ u[k] for the a^2 positions k (either operand may be a transposed view),
+    one GEMM per ``segment`` rows (``columns``: columns) of out (``_batch.segmented_matmul``).
 
     ``share``: the workers take contiguous runs of k, each with single-threaded BLAS (called from
     outside the workers only). For one chunk of few tiles (deep layers at small batches: GEMMs of
@@ -354,11 +369,12 @@ def _gemms(v, u, out, share):
     positions = v.shape[0]
     workers = _threads.workers()
     if not share or workers == 1:
-        np.matmul(v, u, out=out)
+        _batch.segmented_matmul(v, u, out, segment, columns)
         return
     run = -(-positions // workers)
 
     def part(k0):
-        np.matmul(v[k0 : k0 + run], u[k0 : k0 + run], out=out[k0 : k0 + run])
+        k1 = k0 + run
+        _batch.segmented_matmul(v[k0:k1], u[k0:k1], out[k0:k1], segment, columns)
 
     _threads.run_chunks(part, range(0, positions, run))
