@@ -214,6 +214,56 @@ def decisions_from_outputs(table, acts: dict) -> dict:
     return {"relu": relu, "pool": pool}
 
 
+def engine_decisions(model, table, x) -> dict:
+    """``decisions_from_outputs`` of the engine's own forward pass on x (an engine ``Model``)."""
+    names = [t["name"] for t in table if t["kind"] in ("conv2d", "dense")]
+    return decisions_from_outputs(table, model.forward(x, outputs=names))
+
+
+def decision_margin(torch_model, x, forced) -> float:
+    """The largest margin, relative to its layer's rms, among the decisions of ``forced`` that
+    torch_model's own forward on x takes the other way (0 when none): a near tie is ~1e-6 or
+    less, so a large value means one of the two forwards is wrong, not rounding."""
+    pre = {}
+    acts = torch_model.outputs(x, pre=pre)
+    mine = decisions_from_outputs(torch_model.table, acts)
+    margin, previous = 0.0, None
+    for t in torch_model.table:
+        name = t["name"]
+        if name in forced["relu"]:
+            differ = forced["relu"][name] != mine["relu"][name]
+            if differ.any():
+                z = pre.get(name, acts[name])  # dense layers: their output (0 where torch cut it)
+                rms = np.sqrt(np.mean(np.square(z, dtype=np.float64)))
+                margin = max(margin, float(np.abs(z[differ]).max() / rms))
+        elif t["kind"] == "maxpool2d":
+            differ = forced["pool"][name] != mine["pool"][name]  # NCHW
+            if differ.any():
+                win = np.sort(_windows(acts[previous], t["pool_size"]), axis=-1)  # NHWC windows
+                gap = (win[..., -1] - win[..., -2]).transpose(0, 3, 1, 2)
+                rms = np.sqrt(np.mean(np.square(acts[previous], dtype=np.float64)))
+                margin = max(margin, float(gap[differ].max() / rms))
+        previous = name
+    return margin
+
+
+def forced_gradients(model, torch_model, x, layer, grad_output, relu="standard"):
+    """(gradients, margin): torch_model's input gradients of sum(grad_output * layer(x)), one row
+    of x at a time, each following the ReLU masks and pool winners of the engine ``model``'s own
+    forward on that row, and the largest ``decision_margin`` met.
+
+    This is the reference for an engine gradient on a network with near ties: every number is
+    PyTorch's, only the discrete decisions are the engine's (which way a float32 near tie falls
+    depends on the CPU), and the margin shows they differ from PyTorch's only at ties.
+    """
+    grads, margin = [], 0.0
+    for row, g in zip(np.asarray(x), np.asarray(grad_output)):
+        forced = engine_decisions(model, torch_model.table, row[None])
+        grads.append(torch_model.input_gradient(row[None], layer, g[None], relu, forced=forced)[0])
+        margin = max(margin, decision_margin(torch_model, row[None], forced))
+    return np.stack(grads), margin
+
+
 def _relu(mode):
     if mode == "standard":
         return F.relu
