@@ -144,9 +144,13 @@ class Buffers:
     def items(self):
         return self._flat.items()
 
-    def get(self, key, shape, dtype=None):
+    def _full_key(self, key, dtype):
+        """(key..., dtype string) and the dtype (default: the backend's)."""
         dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
-        full_key = (*(key if isinstance(key, tuple) else (key,)), dtype.str)
+        return (*(key if isinstance(key, tuple) else (key,)), dtype.str), dtype
+
+    def get(self, key, shape, dtype=None):
+        full_key, dtype = self._full_key(key, dtype)
         size = int(np.prod(shape))
         flat = self._flat.get(full_key)
         if flat is None or flat.size < size:
@@ -160,8 +164,7 @@ class Buffers:
     def capacity(self, key, dtype=None) -> int:
         """Elements the buffer of ``key`` holds now (0: none yet): a ``get`` of at most that many
         returns its memory without allocating."""
-        dtype = np.dtype(self.backend.dtype if dtype is None else dtype)
-        flat = self._flat.get((*(key if isinstance(key, tuple) else (key,)), dtype.str))
+        flat = self._flat.get(self._full_key(key, dtype)[0])
         return 0 if flat is None else int(flat.size)
 
     def zeros(self, key, shape):
