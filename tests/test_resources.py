@@ -8,6 +8,7 @@ import functools
 import hashlib
 import http.server
 import socket
+import sys
 import threading
 
 import pytest
@@ -39,13 +40,19 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not issubclass(sys.exc_info()[0], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # a client hanging up early is a test's point
+
+
 @pytest.fixture
 def server(tmp_path):
     """(folder, base URL) of a local HTTP server serving that folder."""
     folder = tmp_path / "served"
     folder.mkdir()
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield folder, f"http://127.0.0.1:{httpd.server_address[1]}/"
