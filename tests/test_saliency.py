@@ -4,7 +4,7 @@ integrated gradients' completeness, the pictures, and the ``saliency`` command.
 
 The synthetic network is full of near ties (ReLU inputs and pool windows within float32 rounding),
 and which way a float32 forward takes them depends on the CPU; integrated gradients' black
-baseline is a constant image, all exact ties. So each method is held at 1e-3 to PyTorch's
+baseline is a constant image, all exact ties. So each method is held at 1e-4 to PyTorch's
 gradients following the engine's own ReLU masks and pool winners on this machine
 (``tests.reference_models.forced_gradients``, computed here), with a check that those decisions
 differ from PyTorch's own only at near ties; and loosely to the float64 values of
@@ -35,6 +35,7 @@ from tests.metrics import FIXTURE_CONV, rel_err
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "saliency_reference.npz"
 TINY = pathlib.Path(__file__).parent / "fixtures" / "keras_models" / "tiny_softmax_cnn.h5"
 TOLERANCE = 1e-3
+FORCED_TOLERANCE = 1e-4  # against PyTorch float32 taking the engine's decisions: 2e-7 to 1.5e-6 measured
 PLAIN_TOLERANCE = 2e-2  # float64 deciding its own near ties: a flip moves a gradient by up to ~1e-2
 MARGIN = 1e-4  # a decision the engine takes otherwise than PyTorch: a tie is ~1e-6 of the rms
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
@@ -126,7 +127,7 @@ def test_method_matches_pytorch(method, results, reference, followed):
     assert margin < MARGIN, (method, margin)
     got = result.attributions[0].astype(np.float64)
     err = rel_err(got, expected)
-    assert err < TOLERANCE, (method, err)
+    assert err < FORCED_TOLERANCE, (method, err)
     if method != "integrated":  # exact ties at the baseline: no decision is "float64's own" there
         plain = rel_err(got.reshape(-1)[reference["idx"]], reference[f"{method}/plain"])
         assert plain < PLAIN_TOLERANCE, (method, plain)
