@@ -318,3 +318,42 @@ def test_scatter_channels_first_is_at_m_a(relu):
         expected = np.maximum(expected, 0)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_deep_layer_groups_whole_images_within_max_group_bytes(monkeypatch, transposed):
+    """A deep layer (big U, few tiles) takes whole images per chunk, as one chunk unless its V + M
+    would pass MAX_GROUP_BYTES: then as groups of images within it, to the same bits (each image
+    has its own GEMMs either way)."""
+    from kernels.cpu import _threads
+
+    rng = np.random.default_rng(12)
+    x, kernel, bias = random_layer(rng, 4, 6, 6, 128, 128)  # F(2x2): 9 tiles of 16 KiB per image
+    kernel.flags.writeable = False
+    bias = None if transposed else bias  # the input gradient has none
+    winograd.clear_kernel_cache()
+    asked = []
+    scratch = _threads.scratch
+
+    def recording(name, size, dtype):
+        if name in ("wino_vs", "wino_m"):
+            asked.append(size * np.dtype(dtype).itemsize)
+        return scratch(name, size, dtype)
+
+    monkeypatch.setattr(_threads, "scratch", recording)
+    whole = np.empty((4, 6, 6, 128), np.float32)
+    winograd.conv_winograd(x, kernel, bias, (1, 1), False, whole, transposed)
+    assert len(asked) == 2 and sum(asked) == 4 * 9 * 16 * 256 * 4  # one chunk: V and M of 36 tiles
+    asked.clear()
+    monkeypatch.setattr(winograd, "MAX_GROUP_BYTES", 300 << 10)
+    grouped = np.full_like(whole, np.nan)
+    winograd.conv_winograd(x, kernel, bias, (1, 1), False, grouped, transposed)
+    assert len(asked) == 2 * 2 and max(asked) <= 150 << 10  # two chunks of two images
+    np.testing.assert_array_equal(grouped, whole)
+    x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
+    if transposed:
+        expected = ref.conv2d_backward_input(x64, k64, (1, 1), np.empty(whole.shape))
+    else:
+        expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), False, np.empty(whole.shape))
+    assert rel_err(grouped, expected) < TOL[2]
+    winograd.clear_kernel_cache()
