@@ -5,8 +5,8 @@ into the caller's buffer; ``dense_backward_input`` passes ``kernel.T`` as a tran
 BLAS consumes without a copy. The bias(+ReLU) epilogue is the one the convolution uses.
 
 Each sample is its own product (one row: BLAS's vector-matrix kernel), so a sample's values do
-not depend on its batch (see ``_batch``); the kernel is then read once per sample, which costs
-VGG16's classifier ~15 ms per sample per pass here (figures in benchmarks/README.md).
+not depend on its batch (see ``_batch``); the kernel is then read once per sample (its cost:
+benchmarks/README.md, "Batch invariance").
 """
 
 import numpy as np

@@ -108,8 +108,7 @@ def _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out):
     k = kernel2d.shape[0]
     n, pixels = out.shape[0], ho * wo
     out2d = out.reshape(n * pixels, co)
-    runs, segment = _batch.image_runs(n, pixels, -(-pixels // SMALL_K_PIXELS),
-                                      -(-n * pixels // SMALL_K_PIXELS))
+    runs, segment = _image_runs(n, pixels, SMALL_K_PIXELS)
     sizes = dict(runs)
 
     def chunk(p0):
@@ -135,11 +134,16 @@ def _gemm_epilogue(cols, kernel2d, bias, relu, out_chunk, segment):
         np.maximum(out_chunk, 0, out=out_chunk)
 
 
-def _image_runs(images, per_image, bytes_per_unit):
-    """``_batch.image_runs`` within the workspace: an image cut into near-equal runs when it
-    does not fit, else whole images gathered up to it (each its own GEMM)."""
-    fit = max(1, WORKSPACE_BYTES // max(1, bytes_per_unit))
+def _image_runs(images, per_image, fit):
+    """``_batch.image_runs`` for chunks of at most ``fit`` units: an image cut into near-equal
+    runs when it is bigger, else whole images gathered up to it (each its own GEMM)."""
+    fit = max(1, fit)
     return _batch.image_runs(images, per_image, -(-per_image // fit), -(-images // max(1, fit // per_image)))
+
+
+def _workspace_units(bytes_per_unit):
+    """Units (output rows, pixels) whose columns fit in ``WORKSPACE_BYTES``."""
+    return WORKSPACE_BYTES // max(1, bytes_per_unit)
 
 
 def flipped_transposed(kernel):
@@ -166,7 +170,7 @@ def conv_im2col_gemm(x, kernel, bias, pad, relu, out, transposed=False):
     if k <= SMALL_K:
         return _small_k(x, kernel2d, bias, relu, kh, kw, top, left, out)
     out2d = out.reshape(total_rows * wo, co)
-    runs, segment = _image_runs(n, ho, wo * k * out.itemsize)
+    runs, segment = _image_runs(n, ho, _workspace_units(wo * k * out.itemsize))
     workspace = np.empty((max(size for _, size in runs) * wo, k), dtype=out.dtype)
     for r0, rows in runs:
         cols = workspace[: rows * wo]
@@ -188,7 +192,7 @@ def conv_pointwise_gemm(x, kernel, bias, pad, relu, out, transposed=False):
     x2d = x.reshape(pixels, ci)
     out2d = out.reshape(pixels, co)
     kernel2d = kernel.reshape(ci, co)
-    runs, segment = _image_runs(n, h * w, (ci + co) * out.itemsize)
+    runs, segment = _image_runs(n, h * w, _workspace_units((ci + co) * out.itemsize))
     for p0, size in runs:
         _gemm_epilogue(x2d[p0 : p0 + size], kernel2d, bias, relu, out2d[p0 : p0 + size], segment)
     return out

@@ -67,8 +67,8 @@ from kernels.cpu.winograd_tiles import (
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
 # benchmarks/kernel_sanity.py --wino-workspace-mb.
 WORKSPACE_BYTES = 2 << 20
-# Bytes of V + M of a chunk of whole images at most (deep layers, whose images are not cut); 8 MB
-# took 14 MiB off the 224 px batch 8 forward + gradient peak against 16 MB, in the same time
+# Bytes of V + M of a chunk of whole images at most (deep layers, whose images are not cut); see
+# benchmarks/README.md, "Batch invariance"
 MAX_GROUP_BYTES = 8 << 20
 # U^T is kept as a contiguous copy up to this size (VGG16 up to 256x256 channels), else a view
 TRANSPOSED_COPY_BYTES = 10 << 20
@@ -307,15 +307,19 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     # more kernel than data, so images with few tiles (deep layers) are not cut but grouped, and
     # a batch that is one group runs in the calling thread, whose a^2 GEMMs the workers share out
     # instead (``_gemms``).
+    def filling(tiles, budget):  # chunks of V + M within budget bytes
+        return -(-tiles * per_tile // budget)
+
+    def worth_u(tiles):  # chunks of at least ci co / (ci + co) tiles
+        return max(1, tiles * (ci + co) // (ci * co))
+
     per_image = tiles_h * tiles_w
-    useful = max(1, per_image * (ci + co) // (ci * co))
-    parts = min(-(-per_image * per_tile // WORKSPACE_BYTES), useful)
-    groups = min(-(-total * per_tile // WORKSPACE_BYTES), max(1, total * (ci + co) // (ci * co)))
+    parts = min(filling(per_image, WORKSPACE_BYTES), worth_u(per_image))
     # whole images take their own GEMMs anyway, so a big group is cut (at image boundaries) to
     # bound V and M (VGG16's block4 at 224 px batch 8: an image per chunk, not one chunk of 8)
-    groups = max(groups, -(-total * per_tile // MAX_GROUP_BYTES))
+    groups = max(min(filling(total, WORKSPACE_BYTES), worth_u(total)), filling(total, MAX_GROUP_BYTES))
     runs, segment = _batch.image_runs(n, per_image, parts, groups)
-    starts = {t0: size for t0, size in runs}
+    starts = dict(runs)
     dtype = out.dtype
     bt, at = transforms(m, dtype, transposed)
     top, left = int(pad[0]), int(pad[1])
