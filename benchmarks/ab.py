@@ -33,14 +33,22 @@ import types
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_old(rev, path):
-    """The module at ``path`` as of ``rev``, compiled without Numba's cache, as a new module."""
+def load_old(rev, path, loaded=None):
+    """The module at ``path`` as of ``rev``, compiled without Numba's cache, as a new module.
+
+    ``loaded``: {real module name: old module} already loaded; its imports of those names get
+    the old modules (list a module before the modules that import from it)."""
     text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     name = "_ab_old_" + path.replace("/", "_").removesuffix(".py")
     module = types.ModuleType(name)
     module.__file__ = str(ROOT / path)
     sys.modules[name] = module
-    exec(compile(text.replace("cache=True", "cache=False"), f"{rev}:{path}", "exec"), module.__dict__)
+    real = {key: sys.modules[key] for key in (loaded or {})}
+    sys.modules.update(loaded or {})
+    try:
+        exec(compile(text.replace("cache=True", "cache=False"), f"{rev}:{path}", "exec"), module.__dict__)
+    finally:
+        sys.modules.update(real)
     return module
 
 
@@ -64,8 +72,9 @@ def bindings(new_modules):
 
 
 def use(side, binds, old_modules):
-    for ns, attr, name, module in binds:
-        setattr(ns, attr, getattr(old_modules[module.__name__] if side == "old" else module, name))
+    for ns, attr, name, module in binds:  # a function the old side lacks stays the tree's
+        source = old_modules[module.__name__] if side == "old" else module
+        setattr(ns, attr, getattr(source, name, getattr(module, name)))
 
 
 def case_runner(spec):
@@ -145,7 +154,9 @@ def main(argv=None):
 
     paths = [m for m in args.modules.split(",") if m]
     new = [importlib.import_module(m.removesuffix(".py").replace("/", ".")) for m in paths]
-    old = {module.__name__: load_old(args.rev, path) for module, path in zip(new, paths)}
+    old = {}
+    for module, path in zip(new, paths):
+        old[module.__name__] = load_old(args.rev, path, old)
     for module in old.values():  # old modules call each other's old functions, not the tree's
         for attr, value in list(vars(module).items()):
             source = old.get(getattr(value, "__module__", None)) if callable(value) else None

@@ -280,7 +280,7 @@ def test_gather_tiles_is_bt_d_b_per_tile(m):
     bt = winograd._BT[m]
     tiles_h, tiles_w, top, left, t0, tc = -(-7 // m), -(-9 // m), 1, 1, 3, 2 * -(-7 // m) * -(-9 // m) - 3
     v = np.full(a * a * tc * 5, np.nan)
-    winograd.gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v)
+    winograd.gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v, 0, tc)
     padded = np.zeros((2, tiles_h * m + a, tiles_w * m + a, 5))
     padded[:, top : top + 7, left : left + 9] = x
     expected = np.empty((a, a, tc, 5))
@@ -293,21 +293,20 @@ def test_gather_tiles_is_bt_d_b_per_tile(m):
 
 
 @pytest.mark.parametrize("relu", [False, True])
-def test_scatter_channels_first_is_at_m_a(relu):
-    """The swapped layout's output pass: out = [relu](A^T M_t A + bias) per tile, M (a, a, co, tc)
-    with more tiles than one block (and a short last block), ragged edges dropped."""
-    m, a, co = 4, 6, 3
+def test_scatter_transposed_writes_channels_first_tiles(relu):
+    """The swapped layout's scatter: out = [relu](Y[i, j, c, t] + bias) per tile, Y (m, m, co, tc)
+    with more tiles than one block (and a short last block), ragged edges dropped, in two channel
+    ranges (as two workers write it)."""
+    m, co = 4, 3
     rng = np.random.default_rng(4)
     out_shape = (2, 9, 10, co)
     tiles_h, tiles_w, t0 = -(-9 // m), -(-10 // m), 0
     tc = 2 * tiles_h * tiles_w  # 18 tiles: a block of 16 and one of 2
-    mm = rng.standard_normal((a, a, co, tc))
-    at = winograd._AT[m]
-    s = np.einsum("jl,klct->kjct", at, mm).reshape(-1)  # the first (column) pass, as conv_winograd
+    y = rng.standard_normal((m, m, co, tc))
     bias = rng.standard_normal(co)
     out = np.full(out_shape, np.nan)
-    winograd.scatter_tiles_channels_first(s, at, bias, relu, m, tiles_h, tiles_w, t0, out)
-    y = np.einsum("ik,klct,jl->ijct", at, mm, at)  # A^T M A: (m, m, co, tc)
+    winograd.scatter_tiles_transposed(y.reshape(-1), bias, relu, m, tiles_h, tiles_w, t0, out, 0, 2)
+    winograd.scatter_tiles_transposed(y.reshape(-1), bias, relu, m, tiles_h, tiles_w, t0, out, 2, co)
     expected = np.full((2, tiles_h * m, tiles_w * m, co), np.nan)
     for t in range(tc):
         n, rem = divmod(t, tiles_h * tiles_w)
@@ -316,7 +315,7 @@ def test_scatter_channels_first_is_at_m_a(relu):
     expected = expected[:, :9, :10]
     if relu:
         expected = np.maximum(expected, 0)
-    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(out, expected)
 
 
 
@@ -356,4 +355,47 @@ def test_a_deep_layer_groups_whole_images_within_max_group_bytes(monkeypatch, tr
     else:
         expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), False, np.empty(whole.shape))
     assert rel_err(grouped, expected) < TOL[2]
+    winograd.clear_kernel_cache()
+
+
+@pytest.mark.parametrize("transposed, layout", [(False, "tiles first"), (True, "tiles first"), (True, "channels first")])
+def test_one_chunk_layer_shares_its_passes_between_workers_to_the_same_bits(monkeypatch, transposed, layout):
+    """A layer that is one chunk (a deep layer at batch 1) hands its gather and its output passes
+    to the workers in ranges of tiles (channels, for the swapped GEMMs' layout) from
+    SHARED_PASSES_MIN_BYTES on: the same bits as one thread doing them, and the convolution."""
+    from kernels.cpu import _threads
+
+    if _threads.workers() < 2:
+        pytest.skip("needs two workers")
+    rng = np.random.default_rng(31)
+    x, kernel, bias = random_layer(rng, 1, 12, 12, 96, 80)  # F(2x2): 36 tiles, one chunk
+    kernel.flags.writeable = False
+    bias = None if transposed else bias
+    if layout == "channels first":  # U^T as a view: the GEMMs are taken swapped
+        monkeypatch.setattr(winograd, "TRANSPOSED_COPY_BYTES", 0)
+    ranges = []
+    gather = winograd.gather_tiles
+
+    def recording(*args):
+        ranges.append(args[-2:])
+        return gather(*args)
+
+    monkeypatch.setattr(winograd, "gather_tiles", recording)
+    source = rng.standard_normal((1, 12, 12, 80)).astype(np.float32) if transposed else x
+    outs = []
+    for threshold in (1 << 40, 0):  # never shared, always shared
+        winograd.clear_kernel_cache()
+        monkeypatch.setattr(winograd, "SHARED_PASSES_MIN_BYTES", threshold)
+        shape = (1, 12, 12, 96 if transposed else 80)
+        out = np.full(shape, np.nan, np.float32)
+        winograd.conv_winograd(source, kernel, bias, (1, 1), False, out, transposed)
+        outs.append(out)
+    assert ranges[0] == (0, 36) and len(ranges) > 2 and ranges[1][0] == 0 and ranges[-1][1] == 36
+    np.testing.assert_array_equal(outs[1], outs[0])
+    s64, k64 = source.astype(np.float64), kernel.astype(np.float64)
+    if transposed:
+        expected = ref.conv2d_backward_input(s64, k64, (1, 1), np.empty(outs[0].shape))
+    else:
+        expected = ref.conv2d_forward(s64, k64, bias.astype(np.float64), (1, 1), False, np.empty(outs[0].shape))
+    assert rel_err(outs[1], expected) < TOL[4]
     winograd.clear_kernel_cache()

@@ -61,7 +61,7 @@ from kernels.cpu.winograd_tiles import (
     _maybe_readonly,
     gather_tiles,
     scatter_tiles,
-    scatter_tiles_channels_first,
+    scatter_tiles_transposed,
 )
 
 # Bytes of V + M per chunk of tiles (the a^2 GEMMs' A and C matrices): about one core's L2. See
@@ -72,6 +72,9 @@ WORKSPACE_BYTES = 2 << 20
 MAX_GROUP_BYTES = 8 << 20
 # U^T is kept as a contiguous copy up to this size (VGG16 up to 256x256 channels), else a view
 TRANSPOSED_COPY_BYTES = 10 << 20
+# A layer that is one chunk shares its gather and output passes between the workers from this
+# many bytes of V on (below, handing them out costs more than it saves; benchmarks/README.md)
+SHARED_PASSES_MIN_BYTES = 4 << 20
 CACHE_ENTRIES = 64  # VGG16's 13 layers, forward and transposed, with room for a second model
 
 # --- transform matrices (Lavin & Gray), float64, cast to the data type per call ------------------
@@ -119,26 +122,28 @@ _BLOCK = 512  # values of the innermost axis per work item: a few blocks of it f
 
 @njit(
     [
-        types.void(c_array(src.dtype, 2), src, i64, i64, c_array(src.dtype, 1))
+        types.void(c_array(src.dtype, 2), src, i64, i64, c_array(src.dtype, 1), i64, i64)
         for src in _maybe_readonly(1)
     ],
     nogil=True,
     cache=True,
 )
-def transform_axis(mat, src, outer, inner, dst):
-    """dst[o, k, p] = sum_j mat[k, j] src[o, j, p]; src (outer, a, inner), dst (outer, r, inner).
+def transform_axis(mat, src, outer, inner, dst, lo, hi):
+    """dst[o, k, p] = sum_j mat[k, j] src[o, j, p] for lo <= p < hi; src (outer, a, inner), dst
+    (outer, r, inner).
 
     The middle axis of a flat array is transformed by the small matrix ``mat`` (r x a): B^T,
     A^T. Work items are (o, block of p); each output row accumulates one nonzero coefficient at a
     time over a contiguous run (one load and one load/store stream per loop, so LLVM vectorises
-    it; the zeros of B^T and A^T are skipped), everything in L1.
+    it; the zeros of B^T and A^T are skipped), everything in L1. Each value is the same sum for
+    any range, so ranges can be shared out.
     """
     r, a = mat.shape
-    blocks = -(-inner // _BLOCK)
+    blocks = -(-(hi - lo) // _BLOCK)
     for item in range(outer * blocks):
         o = item // blocks
-        p0 = (item - o * blocks) * _BLOCK
-        p1 = min(inner, p0 + _BLOCK)
+        p0 = lo + (item - o * blocks) * _BLOCK
+        p1 = min(hi, p0 + _BLOCK)
         for k in range(r):
             out = dst[(o * r + k) * inner + p0 : (o * r + k) * inner + p1]
             first = True
@@ -209,8 +214,8 @@ def build_transformed_kernel(kernel, m, u=None):
 
     def slab(k):
         rows = _threads.scratch("wino_u_rows", kw * ci * co, kernel.dtype)
-        transform_axis(g_mat[k : k + 1], flat, 1, kw * ci * co, rows)
-        transform_axis(g_mat, rows, 1, ci * co, slabs[k])
+        transform_axis(g_mat[k : k + 1], flat, 1, kw * ci * co, rows, 0, kw * ci * co)
+        transform_axis(g_mat, rows, 1, ci * co, slabs[k], 0, ci * co)
 
     _threads.run_chunks(slab, range(a))
     return u
@@ -324,6 +329,7 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     bt, at = transforms(m, dtype, transposed)
     top, left = int(pad[0]), int(pad[1])
     share = len(runs) == 1
+    share_passes = share and a * a * total * ci * out.itemsize >= SHARED_PASSES_MIN_BYTES
     # U^T as a view (big kernels' input gradient): BLAS reads a transposed B operand 20-70% slower
     # than a contiguous one (thin GEMMs, 16-64 rows: 2.5 vs 1.5 ms, 4.5 vs 3.2 ms for 16 GEMMs of
     # 512 x 512 here), so the product is taken swapped, M[k]^T = U[k] V[k]^T, as fast as a copy.
@@ -332,30 +338,51 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
     def chunk(t0):
         size = starts[t0]
         p, q = size * ci, size * co
-        # V is dead once M is made, so s (A^T M) reuses its buffer
+        # V is dead once M is made, so s (A^T M) reuses its buffer, and Y reuses M's
         vs = _threads.scratch("wino_vs", max(a * a * p, a * m * q), dtype)
         d, s = vs[: a * a * p], vs[: a * m * q]
         mm = _threads.scratch("wino_m", a * a * q, dtype)
+        y = mm[: m * m * q]
         # V = B^T d B, gathered and transformed tile by tile
-        gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, d)
+        _shared(share_passes, size, lambda lo, hi: gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, d, lo, hi))
         v = d.reshape(a * a, size, ci)
         if swapped:  # M^T = U^T^T V^T: (a^2, co, tiles), U in its stored (contiguous) layout
             _gemms(u.transpose(0, 2, 1), v.transpose(0, 2, 1), mm.reshape(a * a, co, size), share,
                    segment, columns=True)
         else:
             _gemms(v, u, mm.reshape(a * a, size, co), share, segment)
-        # Y = A^T M A, separable: along columns into s, then along rows (into M's buffer, or, for
-        # the swapped layout, block by block as the tiles are written)
-        transform_axis(at, mm, a, q, s)
-        if swapped:
-            scatter_tiles_channels_first(s, at, bias, relu, m, tiles_h, tiles_w, t0, out)
-        else:
-            y = mm[: m * m * q]
-            transform_axis(at, s, 1, m * q, y)
-            scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out)
+        # Y = A^T M A, separable (along columns into s, then along rows into Y), and scattered: a
+        # value at p of a (tiles, co) plane (swapped: (co, tiles)) needs those at p of M and s
+        # only, so the workers take runs of p, whole tiles (swapped: whole channels) each
+        unit = size if swapped else co
+
+        def finish(lo, hi):
+            transform_axis(at, mm, a, q, s, lo * unit, hi * unit)
+            if hi - lo == q // unit:  # the whole plane: one pass over the rows
+                transform_axis(at, s, 1, m * q, y, 0, m * q)
+            else:
+                for j in range(m):
+                    transform_axis(at, s, 1, m * q, y, j * q + lo * unit, j * q + hi * unit)
+            if swapped:
+                scatter_tiles_transposed(y, bias, relu, m, tiles_h, tiles_w, t0, out, lo, hi)
+            else:
+                scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, lo, hi)
+
+        _shared(share_passes, q // unit, finish)
 
     _threads.run_chunks(chunk, starts)
     return out
+
+
+def _shared(share, units, work):
+    """work(lo, hi) over [0, units): in one call, or (``share``, from outside the workers) in one
+    near-equal range per worker. For element-wise work, whose values do not depend on the ranges."""
+    workers = _threads.workers()
+    if not share or workers == 1 or units < 2:
+        work(0, units)
+        return
+    step = -(-units // workers)
+    _threads.run_chunks(lambda lo: work(lo, min(units, lo + step)), range(0, units, step))
 
 
 def _gemms(v, u, out, share, segment, columns=False):

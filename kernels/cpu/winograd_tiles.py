@@ -21,14 +21,15 @@ def _maybe_readonly(ndim):
 @njit(
     [
         types.void(x_type, c_array(x_type.dtype, 2), i64, i64, i64, i64, i64, i64,
-                   c_array(x_type.dtype, 1))
+                   c_array(x_type.dtype, 1), i64, i64)
         for x_type in _maybe_readonly(4)
     ],
     nogil=True,
     cache=True,
 )
-def gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v):
-    """v[k, l, t, c] = (B^T d_t B)[k, l] for channel c of tile t0 + t (zero outside x).
+def gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v, first, stop):
+    """v[k, l, t, c] = (B^T d_t B)[k, l] for channel c of tile t0 + t, first <= t < stop (zero
+    outside x).
 
     v is flat, (a, a, tc, ci) with a = m + 2 and tc = v.size // (a^2 ci); tile t0 + t is image n,
     tile row ty, column tx, with y0 = ty*m - top, x0 = tx*m - left. Per tile, the rows are
@@ -45,7 +46,7 @@ def gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v):
     per_image = tiles_h * tiles_w
     flat = x.reshape(-1)
     r = np.empty(a * a * ci, dtype=v.dtype)
-    for t in range(tc):
+    for t in range(first, stop):
         tt = t0 + t
         n = tt // per_image
         rem = tt - n * per_image
@@ -93,12 +94,13 @@ def gather_tiles(x, bt, m, top, left, tiles_h, tiles_w, t0, v):
 
 
 @njit(
-    per_float(lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4))),
+    per_float(lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4), i64, i64)),
     nogil=True,
     cache=True,
 )
-def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
-    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for each tile.
+def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out, first, stop):
+    """out[n, oy + i, ox + j, c] = [relu](y[i, j, t, c] + bias[c]) inside out, for the tiles
+    first <= t < stop.
 
     y is flat, (m, m, tc, co); outputs of ragged edge tiles that fall outside out are dropped.
     """
@@ -107,7 +109,7 @@ def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
     plane = tc * co
     per_image = tiles_h * tiles_w
     flat = out.reshape(-1)
-    for t in range(tc):
+    for t in range(first, stop):
         tt = t0 + t
         n = tt // per_image
         r = tt - n * per_image
@@ -127,75 +129,45 @@ def scatter_tiles(y, bias, relu, m, tiles_h, tiles_w, t0, out):
                         flat[dst + c] = y[src + c] + bias[c]
 
 
-_TILE_BLOCK = 16  # tiles per block of the channels-first output pass: (16, co) values stay in L1
+_TILE_BLOCK = 16  # tiles per block of the transposed scatter: a block's cache lines stay in L1
 
 
 @njit(
-    per_float(
-        lambda f: types.void(c_array(f, 1), c_array(f, 2), c_array(f, 1), b1, i64, i64, i64, i64,
-                             c_array(f, 4))
-    ),
+    per_float(lambda f: types.void(c_array(f, 1), c_array(f, 1), b1, i64, i64, i64, i64, c_array(f, 4), i64, i64)),
     nogil=True,
     cache=True,
 )
-def scatter_tiles_channels_first(s, at, bias, relu, m, tiles_h, tiles_w, t0, out):
-    """out[n, oy + i, ox + j, c] = [relu](Y[i, j, c, t] + bias[c]) inside out, for each tile, where
-    Y[i, j] = sum_k at[i, k] s[k, j] (the last pass of A^T M A; zero coefficients skipped).
+def scatter_tiles_transposed(y, bias, relu, m, tiles_h, tiles_w, t0, out, c_lo, c_hi):
+    """out[n, oy + i, ox + j, c] = [relu](y[i, j, c, t] + bias[c]) inside out, for every tile and
+    the channels c_lo <= c < c_hi.
 
-    s is flat, (a, m, co, tc): the swapped GEMMs' layout (the input gradient of big kernels).
-    Reading it tile by tile would stride by tc; instead tiles go in blocks of ``_TILE_BLOCK``, and
-    each (i, j) of a block is summed over contiguous runs of the block's tiles into a (block, co)
-    buffer, then written out pixel by pixel: a transpose within L1. The same sums in the same order
-    as ``transform_axis`` and then adding the bias. Outputs outside out are not computed.
+    y is flat, (m, m, co, tc): the swapped GEMMs' layout (the input gradient of big kernels),
+    channels first. A transpose: tiles go in blocks of ``_TILE_BLOCK``, whose values of one
+    channel share a cache line, so each line read is used for the whole block.
     """
     _, ho, wo, co = out.shape
-    a = at.shape[1]
-    tc = s.size // (a * m * co)
+    tc = y.size // (m * m * co)
     q = tc * co
     per_image = tiles_h * tiles_w
     flat = out.reshape(-1)
-    yb = np.empty(_TILE_BLOCK * co, dtype=s.dtype)
-    first_pixel = np.empty(_TILE_BLOCK, dtype=np.int64)  # flat index of the tile's out[.., 0, 0, 0]
-    rows = np.empty(_TILE_BLOCK, dtype=np.int64)  # the tile's rows and columns inside out
-    cols = np.empty(_TILE_BLOCK, dtype=np.int64)
     for b0 in range(0, tc, _TILE_BLOCK):
-        nb = min(_TILE_BLOCK, tc - b0)
-        for t in range(nb):
-            tt = t0 + b0 + t
-            n = tt // per_image
-            r = tt - n * per_image
-            ty = r // tiles_w
-            oy = ty * m
-            ox = (r - ty * tiles_w) * m
-            first_pixel[t] = ((n * ho + oy) * wo + ox) * co
-            rows[t] = min(m, ho - oy)
-            cols[t] = min(m, wo - ox)
         for i in range(m):
             for j in range(m):
-                first = True
-                for k in range(a):
-                    coef = at[i, k]
-                    if coef == 0:
+                for t in range(b0, min(tc, b0 + _TILE_BLOCK)):
+                    tt = t0 + t
+                    n = tt // per_image
+                    r = tt - n * per_image
+                    ty = r // tiles_w
+                    oy = ty * m + i
+                    ox = (r - ty * tiles_w) * m + j
+                    if oy >= ho or ox >= wo:
                         continue
-                    base = (k * m + j) * q + b0
-                    for c in range(co):
-                        src = s[base + c * tc : base + c * tc + nb]
-                        if first:
-                            for t in range(nb):
-                                yb[t * co + c] = coef * src[t]
-                        else:
-                            for t in range(nb):
-                                yb[t * co + c] += coef * src[t]
-                    first = False
-                for t in range(nb):
-                    if i >= rows[t] or j >= cols[t]:
-                        continue
-                    dst = first_pixel[t] + (i * wo + j) * co
-                    src = yb[t * co : (t + 1) * co]
+                    dst = ((n * ho + oy) * wo + ox) * co
+                    src = y[(i * m + j) * q + t : (i * m + j) * q + q : tc]  # y[i, j, :, t]
                     if relu:
-                        for c in range(co):
+                        for c in range(c_lo, c_hi):
                             v = src[c] + bias[c]
                             flat[dst + c] = 0 if v < 0 else v  # NaN propagates, as np.maximum
                     else:
-                        for c in range(co):
+                        for c in range(c_lo, c_hi):
                             flat[dst + c] = src[c] + bias[c]
