@@ -30,7 +30,8 @@ batch: m is chosen per image (``tile_size``) for the same reason. The chunks run
 ``_threads``' workers, each a whole chunk with serial (``nogil``) Numba kernels and
 single-threaded BLAS, so a chunk's data stays in one core's cache and no thread pool waits for
 another between the six steps. A layer that is one chunk (deep layers at small batches) runs in
-the calling thread, and the workers share out its a^2 GEMMs instead.
+the calling thread, and the workers share out its a^2 GEMMs instead, and (from
+``SHARED_PASSES_MIN_BYTES``) its gather and output passes, in ranges of tiles (or channels).
 
 The input gradient is the same convolution with the flipped/transposed kernel
 (``transposed=True``), computed with the forward kernel's U read transposed and the data and
