@@ -74,15 +74,32 @@ class Conv2D(Layer):
     def forward(self, trace, i, spec, h, shape):
         model, activation = trace.model, ACTIVATIONS[spec.activation]
         out = trace.own(i, "out", shape)
-        options = model._conv_options
-        model.backend.ops.conv2d_forward(h, *model._params[i], conv_padding(spec), activation.fused, out, **options)
+        options, ops = model._conv_options, model.backend.ops
+        kernel, bias = model._params[i]
+        channels = trace.channels.get(i)
+        if channels is None:
+            ops.conv2d_forward(h, kernel, bias, conv_padding(spec), activation.fused, out, **options)
+        else:  # one channel per sample (host arrays): the others read zero
+            out.fill(0)
+            one = model._buffer("one channel", i, (1,) + shape[1:3] + (1,))
+            for n, c in enumerate(channels):
+                ops.conv2d_forward(h[n : n + 1], kernel[..., c : c + 1], bias[c : c + 1], conv_padding(spec),
+                                   activation.fused, one, **options)
+                out[n, :, :, c] = one[0, :, :, 0]
         return activation.forward(trace, i, out)
 
     def backward(self, trace, i, spec, g, new_gradient):
         model = trace.model
         g_in = new_gradient(trace.layer_input(i).shape)
-        kernel, options = model._params[i][0], model._conv_options
-        model.backend.ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **options)
+        kernel, options, ops = model._params[i][0], model._conv_options, model.backend.ops
+        channels = trace.channels.get(i)
+        if channels is None:
+            ops.conv2d_backward_input(g, kernel, conv_padding(spec), g_in, **options)
+        else:  # g is zero outside each sample's channel
+            one = model._buffer("one channel", i, (1,) + g.shape[1:3] + (1,))
+            for n, c in enumerate(channels):
+                one[0, :, :, 0] = g[n, :, :, c]
+                ops.conv2d_backward_input(one, kernel[..., c : c + 1], conv_padding(spec), g_in[n : n + 1], **options)
         return g_in
 
 

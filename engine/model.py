@@ -26,7 +26,7 @@ from kernels import RELU_MODES
 from engine import geometry
 from engine.backend import get_backend
 from engine.errors import ConvscopeError
-from engine.layers import ACTIVATIONS, LAYERS, Dense, layer_output_shape
+from engine.layers import ACTIVATIONS, LAYERS, Conv2D, Dense, layer_output_shape
 from engine.spec import NetworkSpec
 
 LOGITS = "logits"
@@ -149,13 +149,29 @@ class Model:
         the largest gradient serve every layer (not two per shape)."""
         return self._workspace.get(("arena", slot), (capacity,))[: int(np.prod(shape))].reshape(shape)
 
-    def trace(self, x, upto=None) -> "Trace":
-        """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs."""
+    def trace(self, x, upto=None, channels=None) -> "Trace":
+        """Forward pass up to layer ``upto`` (default: the last), keeping what backward needs.
+
+        ``channels``: (N,) ints, one channel of the last layer per sample (a conv layer, on the
+        CPU): only those are computed, the others read zero, and a backward must inject its
+        gradient in those channels only (an objective that reads one channel per sample).
+        """
         last = len(self.layers) - 1 if upto is None else self.layer_index(upto)
         if isinstance(x, np.ndarray) or not self.backend.owns(x):  # host data: checked
             x = self.check_input(x, last)
+        if channels is not None:
+            channels = np.asarray(channels, dtype=np.int64).reshape(-1)
+            spec = self.layers[last]
+            if not self.can_select(spec.name) or len(channels) != x.shape[0]:
+                raise ValueError(f"one channel per sample of {spec.name} cannot be computed alone here")
+            if channels.min() < 0 or channels.max() >= spec.kernel.shape[3]:
+                raise ValueError(f"{spec.name} has channels 0 to {spec.kernel.shape[3] - 1}")
         self._generation += 1
-        return Trace(self, self.backend.asarray(x), last)
+        return Trace(self, self.backend.asarray(x), last, channels)
+
+    def can_select(self, name) -> bool:
+        """Whether ``trace(..., channels=)`` can compute single channels of layer ``name``."""
+        return self.backend.name == "cpu" and isinstance(LAYERS[self.layers[self.layer_index(name)].kind], Conv2D)
 
     def forward(self, x, outputs=None) -> dict:
         """{name: host array} of the requested layer outputs (default: the last layer)."""
@@ -188,11 +204,12 @@ class Model:
 class Trace:
     """The state of one forward pass: every layer's output and the max-pool argmax."""
 
-    def __init__(self, model: Model, x, last: int):
+    def __init__(self, model: Model, x, last: int, channels=None):
         self.model = model
         self.generation = model._generation
         self.input = x
         self.last = last
+        self.channels = {} if channels is None else {last: channels}  # layer index -> (N,) channels
         n = x.shape[0]
         self.outputs, self.argmax, self.logits = [], {}, None
         self.owned = {}  # layer index -> key of the buffer that holds only that layer's output

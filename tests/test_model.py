@@ -396,3 +396,36 @@ def test_unknown_conv_algorithm_is_one_clear_error(vgg16_notop_file, monkeypatch
         engine.load(vgg16_notop_file, conv="fastest")
     monkeypatch.setenv("CONVSCOPE_CONV", "gemm")
     assert engine.load(vgg16_notop_file).conv == "gemm"
+
+
+@pytest.mark.parametrize("layer", ["c1", "c2"])
+def test_a_trace_of_one_channel_per_sample_matches_the_full_layer(layer):
+    """trace(channels=): the last conv layer computes each sample's channel alone (others read
+    zero), and a backward injected in those channels gives the full trace's input gradient."""
+    x = x_input(3)
+    cpu = Model(small_spec(), device="cpu")
+    channels = np.array([2, 0, 2])
+    full = cpu.trace(x, upto=layer).output(layer).copy()
+    g = uniform(9, layer, full.shape, -1, 1)
+    only = np.zeros_like(g)
+    only[np.arange(3), :, :, channels] = g[np.arange(3), :, :, channels]
+    expected = cpu.trace(x, upto=layer).backward({layer: only})["input"]
+    trace = cpu.trace(x, upto=layer, channels=channels)
+    out = trace.output(layer)
+    picked = np.zeros_like(full)
+    picked[np.arange(3), :, :, channels] = full[np.arange(3), :, :, channels]
+    assert rel_err(out, picked) < 1e-6 and not out[0, :, :, 1].any()
+    got = trace.backward({layer: only})["input"]
+    reference64 = model64().trace(x, upto=layer).backward({layer: only.astype(np.float64)})["input"]
+    assert rel_err(got, reference64) < 1e-5 and rel_err(got, expected) < 1e-5
+
+
+def test_one_channel_traces_are_refused_where_they_cannot_be_computed():
+    cpu = Model(small_spec(), device="cpu")
+    with pytest.raises(ValueError, match="cannot be computed alone"):
+        cpu.trace(x_input(2), upto="p1", channels=[0, 1])  # not a conv layer
+    with pytest.raises(ValueError, match="cannot be computed alone"):
+        cpu.trace(x_input(2), upto="c2", channels=[0])  # not one per sample
+    with pytest.raises(ValueError, match="channels 0 to 2"):
+        cpu.trace(x_input(2), upto="c2", channels=[0, 3])
+    assert not model64().can_select("c2") and cpu.can_select("c2") and not cpu.can_select("p1")

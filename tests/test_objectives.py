@@ -197,3 +197,36 @@ def test_stopping_rules():
     assert mixed.losses[0, 0] <= 0 and mixed.final_loss[0] == mixed.losses[0, 0]
     assert mixed.losses[-1, 0] != mixed.losses[0, 0]  # still measured after it stopped (its update applied)
     assert mixed.final_loss[1] == mixed.losses[-1, 1]
+
+
+def test_objectives_say_which_single_channel_they_read():
+    """Objective.channels_read: channel and neuron read one channel per sample; sums keep it where
+    every term reading the layer reads the same channels; input terms and scales keep it."""
+    n = 3
+    assert obj.channel("c2", [0, 2, 1]).channels_read("c2", n).tolist() == [0, 2, 1]
+    assert obj.neuron("c2", 1).channels_read("c2", n).tolist() == [1, 1, 1]
+    assert obj.channel("c2", 1).channels_read("c1", n) is None
+    kept = 2.0 * obj.channel("c2", [0, 2, 1]) - 0.1 * obj.total_variation()
+    assert kept.channels_read("c2", n).tolist() == [0, 2, 1]
+    assert (obj.channel("c2", 1) + obj.neuron("c2", 1)).channels_read("c2", n).tolist() == [1, 1, 1]
+    assert (obj.channel("c2", 1) + obj.channel("c2", 2)).channels_read("c2", n) is None
+    assert (obj.channel("c2", 1) + obj.mean_square("c2")).channels_read("c2", n) is None
+    assert (obj.mean_square("c1") + obj.channel("c2", 1)).channels_read("c2", n).tolist() == [1, 1, 1]
+
+
+def test_an_ascent_on_one_channel_matches_the_full_layer_trace(monkeypatch):
+    """optimise computes only the read channel of the deepest layer (CPU): the same steps as with
+    the whole layer computed, to float32 rounding."""
+    model = conv_model()
+    x0 = uniform(18, "x0", (3, 12, 12, 2), -1, 1)
+    objective = obj.channel("c2", [0, 2, 1]) - 0.01 * obj.total_variation()
+    asked = []
+    trace = model.trace
+    monkeypatch.setattr(model, "trace", lambda *a, **k: asked.append(k.get("channels")) or trace(*a, **k))
+    one = optimise(model, x0, objective, Ascent(0.5), 4)
+    assert len(asked) == 4 and asked[0].tolist() == [0, 2, 1]
+    monkeypatch.setattr(model, "can_select", lambda name: False)
+    full = optimise(model, x0, objective, Ascent(0.5), 4)
+    assert asked[-1] is None
+    np.testing.assert_allclose(one.images, full.images, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one.losses, full.losses, rtol=1e-5)

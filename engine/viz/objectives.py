@@ -62,10 +62,19 @@ class Accumulator:
 
 
 class Objective:
-    def __init__(self, score, layers, description=""):
+    def __init__(self, score, layers, description="", channels=None):
         self.score = score  # score(acc: Accumulator, weight: float)
         self.layers = tuple(dict.fromkeys(layers))
         self.description = description
+        # {layer: index}: the score reads only channel index (one per sample, or one for all) of
+        # that layer's output, and writes its gradient there only; a layer not listed is read whole
+        self.channels = dict(channels or {})
+
+    def channels_read(self, layer, n):
+        """(N,) int64: the one channel of ``layer`` each sample's score reads, or None (all)."""
+        if layer not in self.channels:
+            return None
+        return per_sample(self.channels[layer], n)
 
     def __call__(self, acts):
         """(loss (N,) float64, {name: gradient}) at host arrays ``acts`` (see the module docstring)."""
@@ -89,12 +98,21 @@ class Objective:
             self.score(acc, weight)
             other.score(acc, weight)
 
-        return Objective(score, self.layers + other.layers, f"{self.description} + {other.description}")
+        channels = {}  # a layer both read keeps its channels only where both read the same ones
+        for layer in self.channels.keys() | other.channels.keys():
+            mine, theirs = self.channels.get(layer), other.channels.get(layer)
+            if layer not in other.layers:
+                channels[layer] = mine
+            elif layer not in self.layers:
+                channels[layer] = theirs
+            elif mine is not None and theirs is not None and np.array_equal(mine, theirs):
+                channels[layer] = mine
+        return Objective(score, self.layers + other.layers, f"{self.description} + {other.description}", channels)
 
     def __mul__(self, scale):
         scale = float(scale)
         description = f"{scale:g} * ({self.description})"
-        return Objective(lambda acc, weight: self.score(acc, weight * scale), self.layers, description)
+        return Objective(lambda acc, weight: self.score(acc, weight * scale), self.layers, description, self.channels)
 
     __rmul__ = __mul__
 
@@ -141,7 +159,7 @@ def channel(layer, index, border=0):
         y0, y1, x0, x1 = _region(a.shape, border)
         acc.ops.channel_sum(a, idx, (y0, y1, x0, x1), weight / ((y1 - y0) * (x1 - x0)), acc.loss, acc.grads[layer])
 
-    return Objective(score, [layer], f"channel({layer}, {index})")
+    return Objective(score, [layer], f"channel({layer}, {index})", {layer: np.asarray(index, np.int64).reshape(-1)})
 
 
 def neuron(layer, index, y=None, x=None):
@@ -157,7 +175,7 @@ def neuron(layer, index, y=None, x=None):
         idx = acc.buffers.constant(key, per_sample(index, a.shape[0]))
         acc.ops.channel_sum(a, idx, (cy, cy + 1, cx, cx + 1), weight, acc.loss, acc.grads[layer])
 
-    return Objective(score, [layer], f"neuron({layer}, {index}, {y}, {x})")
+    return Objective(score, [layer], f"neuron({layer}, {index}, {y}, {x})", {layer: np.asarray(index, np.int64).reshape(-1)})
 
 
 COSINE_EPS = 1e-8  # torch.nn.CosineSimilarity's

@@ -79,7 +79,10 @@ def gradient(model, buffers, x, objective, transforms=(), rng=None, relu="standa
     xt, states = apply_all(buffers, transforms, x, rng)
     acts = {}
     if layers:
-        trace = model.trace(xt, upto=max(layers, key=model.layer_index))
+        deepest = max(layers, key=model.layer_index)
+        # an objective that reads one channel per sample of the deepest layer needs only those
+        channels = objective.channels_read(deepest, x.shape[0]) if model.can_select(deepest) else None
+        trace = model.trace(xt, upto=deepest, channels=channels)
         acts = {name: trace.output(name) for name in layers}
     acts[INPUT] = x
     loss = ops.fill(0.0, buffers.get("loss", (x.shape[0],)))
