@@ -35,6 +35,20 @@ def _maxpool_forward(x, ph, pw, out, argmax):
         for ox in range(wo):
             best = out[b, oy, ox]
             where = argmax[b, oy, ox]
+            if ph == 2 and pw == 2:  # VGG's windows: one pass, the running max in registers
+                a0, a1 = x[b, 2 * oy, 2 * ox], x[b, 2 * oy, 2 * ox + 1]
+                a2, a3 = x[b, 2 * oy + 1, 2 * ox], x[b, 2 * oy + 1, 2 * ox + 1]
+                for ch in range(c):
+                    v, k = a0[ch], 0
+                    if a1[ch] > v:  # strict: the first maximum wins ties
+                        v, k = a1[ch], 1
+                    if a2[ch] > v:
+                        v, k = a2[ch], 2
+                    if a3[ch] > v:
+                        v, k = a3[ch], 3
+                    best[ch] = v
+                    where[ch] = k
+                continue
             first = x[b, oy * ph, ox * pw]
             for ch in range(c):
                 best[ch] = first[ch]
