@@ -347,7 +347,8 @@ def test_page_buffers_are_private_writable_and_zero():
 INVARIANCE_CASES = [
     (24, 32, 48, 3, "auto"),  # Winograd F(4x4), images cut into runs of tiles
     (14, 96, 128, 3, "auto"),  # Winograd F(2x2), whole images grouped
-    (40, 3, 16, 3, "auto"),  # im2col, short dot products in worker chunks
+    (40, 3, 16, 3, "auto"),  # im2col, short dot products in worker chunks (input gradient: shifted)
+    (30, 64, 3, 3, "auto"),  # few outputs: one GEMM per band of rows and shifted sums
     (20, 24, 40, 3, "gemm"),  # im2col, row chunks
     (20, 32, 48, 1, "auto"),  # 1x1: a plain GEMM
     (18, 16, 40, 5, "auto"),  # 5x5: im2col
@@ -358,13 +359,14 @@ INVARIANCE_CASES = [
 def test_cpu_conv_of_an_image_does_not_depend_on_its_batch(case, monkeypatch):
     """Each image's output, forward and input gradient, is bit for bit the same in a batch of 1, 2,
     3 or 5 (BLAS rounds a row differently by the height of its product: kernels/cpu/_batch.py)."""
-    from kernels.cpu import conv, im2col, winograd
+    from kernels.cpu import conv, im2col, shifted, winograd
 
     h, ci, co, k, algorithm = case
     # small workspaces so that a batch of 5 spans several chunks, and runs of one image several
     monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 64 << 10)
     monkeypatch.setattr(im2col, "WORKSPACE_BYTES", 96 << 10)
     monkeypatch.setattr(im2col, "SMALL_K_PIXELS", 300)
+    monkeypatch.setattr(shifted, "BAND_BYTES", 16 << 10)
     rng = np.random.default_rng(h * ci + co)
     x, grad = rand(rng, 5, h, h, ci), rand(rng, 5, h, h, co)
     kernel, bias = rand(rng, k, k, ci, co) * 0.1, rand(rng, co)

@@ -102,11 +102,11 @@ def test_float64_is_exact_to_rounding():
 
 
 @pytest.mark.parametrize("ci, co, expected", [(3, 64, "im2col"), (16, 5, "winograd"),
-                                               (64, 64, "winograd"), (64, 3, "direct")])
+                                               (64, 64, "winograd"), (64, 3, "shifted")])
 def test_choose_algorithm(ci, co, expected):
     chosen = conv.choose_algorithm((3, 3, ci, co), (1, 1), (1, 8, 8, ci), (1, 8, 8, co))
     assert chosen is {"im2col": conv.conv_im2col_gemm, "winograd": winograd.conv_winograd,
-                      "direct": conv.direct.conv_direct}[expected]
+                      "shifted": conv.shifted.conv_shifted}[expected]
     assert conv.choose_algorithm((3, 3, ci, co), (1, 1), (1, 8, 8, ci), (1, 8, 8, co),
                                  algorithm="gemm") is conv.conv_im2col_gemm
     assert conv.choose_algorithm((5, 5, 64, 64), (2, 2), (1, 8, 8, 64), (1, 8, 8, 64)) \

@@ -60,10 +60,12 @@ def _pool_instance():
         return _pool
 
 
-def run_chunks(fn, starts):
-    """fn(start) for every start, spread over the workers; returns when all are done."""
+def run_chunks(fn, starts, inline=True):
+    """fn(start) for every start, spread over the workers; returns when all are done. With
+    ``inline`` one start (or one worker) runs in the calling thread, whose BLAS may use several
+    threads; without, always on the workers (single-threaded BLAS)."""
     starts = list(starts)
-    if len(starts) <= 1 or workers() == 1:
+    if inline and (len(starts) <= 1 or workers() == 1):
         for s in starts:
             fn(s)
         return

@@ -6,9 +6,9 @@ out, transposed) -> out``. ``choose_algorithm`` picks it from the geometry and t
 ``algorithm`` choice alone (no global state): Winograd F(m x m, 3 x 3) (``winograd.py``) for
 read-only 3x3 kernels over at least ``WINOGRAD_MIN_CHANNELS`` input channels (writable ones: see
 WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL), a plain GEMM for unpadded same-size 1x1 kernels, im2col +
-GEMM for everything else; and before all of these, a direct convolution (``direct.py``) when
-there are at most ``direct.MAX_OUTPUT_CHANNELS`` output channels (the image gradient of a first
-layer). ``algorithm="gemm"`` rules Winograd and the direct path out: every output is then one dot
+GEMM for everything else; and before all of these, one GEMM on the input's pixels and shifted
+sums (``shifted.py``) when there are at most ``shifted.MAX_OUTPUT_CHANNELS`` output channels (the
+image gradient of a first layer). ``algorithm="gemm"`` rules Winograd and the shifted path out: every output is then one dot
 product over (ky, kx, ci) in BLAS's order, the arithmetic of a direct convolution (per-layer
 relative error 2-4e-7 on VGG16 against float64, Winograd's 1e-7 to 3.5e-6), for runs that must
 reproduce a stored float32 trajectory step for step.
@@ -22,7 +22,7 @@ read-only kernels). Every output is written, so buffers need not be zeroed by th
 Stride 1 only.
 """
 
-from kernels.cpu import direct
+from kernels.cpu import shifted
 from kernels.cpu._checks import input_like, output_buffer
 from kernels.cpu.im2col import conv_im2col_gemm, conv_pointwise_gemm, flipped_transposed
 from kernels.cpu.winograd import conv_winograd, kernel_is_cacheable
@@ -55,8 +55,8 @@ def choose_algorithm(kernel_shape, pad, in_shape, out_shape, frozen_kernel=True,
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown convolution algorithm {algorithm!r}; expected one of {ALGORITHMS}")
     kh, kw, ci, co = kernel_shape
-    if algorithm == "auto" and co <= direct.MAX_OUTPUT_CHANNELS:
-        return direct.conv_direct
+    if algorithm == "auto" and co <= shifted.MAX_OUTPUT_CHANNELS:
+        return shifted.conv_shifted
     if algorithm == "auto" and (kh, kw) == (3, 3) and ci >= WINOGRAD_MIN_CHANNELS:
         pixels = out_shape[1] * out_shape[2]  # per image: a batch must not change the arithmetic
         threshold = WINOGRAD_UNCACHED_PIXELS_PER_CHANNEL
