@@ -26,7 +26,7 @@ from kernels import RELU_MODES
 from engine import geometry
 from engine.backend import get_backend
 from engine.errors import ConvscopeError
-from engine.layers import ACTIVATIONS, LAYERS, Conv2D, Dense, layer_output_shape
+from engine.layers import ACTIVATIONS, LAYERS, Conv2D, Dense, MaxPool2D, ReLU, layer_output_shape
 from engine.spec import NetworkSpec
 
 LOGITS = "logits"
@@ -302,6 +302,7 @@ class Trace:
             last = ("arena", slot)
             return model._arena(slot, shape, capacity)
 
+        masked = None  # the layer whose ReLU backward already ran at its max-pool's resolution
         for i in range(start, stop - 1, -1):
             spec = model.layers[i]
             g = self._inject(g, injected.get(spec.name), i)
@@ -309,8 +310,14 @@ class Trace:
                 result[wrt_index[i]] = backend.copy(g) if g is not None else backend.zeros(self.outputs[i].shape)
                 if i == stop and INPUT not in wrt:
                     break
-            if g is not None:
+            if g is not None and i != masked:
                 g = ACTIVATIONS[spec.activation].backward(self, i, g, mode)
+            if g is not None and self._relu_at_pool(i, injected, wrt_index, stop):
+                # A max-pool passes each window's gradient to its winner only, whose value is the
+                # pooled one: the ReLU below it masks the pooled gradient to the same bits, on a
+                # quarter of the values
+                backend.ops.relu_backward(g, self.outputs[i], mode, g)
+                masked = i - 1
             if release and i in self.owned:
                 dead.append(self.owned[i])  # read for the last time by the activation's backward
             if i == len(model.layers) - 1 and LOGITS in injected:
@@ -320,6 +327,14 @@ class Trace:
         if INPUT in wrt:
             result[INPUT] = backend.copy(g) if g is not None else backend.zeros(self.input.shape)
         return result
+
+    def _relu_at_pool(self, i, injected, wrt_index, stop):
+        """Whether layer i is a max-pool whose input layer's ReLU backward can run on the pooled
+        gradient: nothing is injected at, or asked of, that layer, and the pass goes through it."""
+        below = self.model.layers[i - 1] if i - 1 >= stop else None
+        return (below is not None and isinstance(LAYERS[self.model.layers[i].kind], MaxPool2D)
+                and isinstance(ACTIVATIONS[below.activation], ReLU) and below.name not in injected
+                and i - 1 not in wrt_index)
 
     def _inject(self, g, addend, i, role="ginj"):
         """g + addend, in a buffer of this pass (never writing into the caller's array)."""

@@ -429,3 +429,32 @@ def test_one_channel_traces_are_refused_where_they_cannot_be_computed():
     with pytest.raises(ValueError, match="channels 0 to 2"):
         cpu.trace(x_input(2), upto="c2", channels=[0, 3])
     assert not model64().can_select("c2") and cpu.can_select("c2") and not cpu.can_select("p1")
+
+
+@pytest.mark.parametrize("relu", ["standard", "guided", "deconv"])
+def test_relu_backward_at_the_pooled_resolution_gives_the_same_bits(relu, monkeypatch):
+    """A ReLU under a max-pool takes its backward on the pooled gradient (the winners' values are
+    the pooled ones): the same bits as at full resolution, and not where a gradient is injected
+    at the conv or asked of it."""
+    from engine.model import Trace
+
+    x = x_input(3)
+    cpu = Model(small_spec(), device="cpu")
+    g = uniform(10, "g", cpu.trace(x, upto="c3").output("c3").shape, -1, 1)
+    g2 = uniform(11, "g2", cpu.trace(x, upto="c2").output("c2").shape, -1, 1)
+    fused = []
+    real = Trace._relu_at_pool
+
+    def spy(self, *args):
+        fused.append(real(self, *args))
+        return fused[-1]
+
+    monkeypatch.setattr(Trace, "_relu_at_pool", spy)
+    cases = [({"c3": g}, ("input",)), ({"c3": g, "c2": g2}, ("input",)), ({"c3": g}, ("input", "c2"))]
+    got = [cpu.trace(x, upto="c3").backward(inject, relu=relu, wrt=wrt) for inject, wrt in cases]
+    assert fused.count(True) == 1  # the first case only
+    monkeypatch.setattr(Trace, "_relu_at_pool", lambda self, *args: False)
+    for (inject, wrt), result in zip(cases, got):
+        expected = cpu.trace(x, upto="c3").backward(inject, relu=relu, wrt=wrt)
+        for name in wrt:
+            np.testing.assert_array_equal(result[name], expected[name])
