@@ -6,7 +6,7 @@ Data contract (what every op expects; ``engine/backend.py`` makes arrays that me
   (``reference.py`` also accepts float64, which the gradient checks use).
 * Internal layout: **NHWC**, C-contiguous.  It is also the public layout (Keras'), so no
   transposes happen at the boundary, and it puts channels innermost, which is what both an
-  im2col + GEMM convolution and a channel-vectorised direct convolution want.
+  im2col + GEMM convolution and the few-output-channel (shifted sums) path want.
 * Convolution kernels: ``(kh, kw, c_in, c_out)`` applied as cross-correlation (Keras/TensorFlow
   convention). Loaders convert every other file layout to this one.
 * Dense kernels: ``(n_in, n_out)``; a flattened NHWC tensor is in Keras' ``(h, w, c)`` order.
