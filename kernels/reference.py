@@ -167,9 +167,9 @@ def axpy(alpha, x, y):
 def masked_axpy(alpha, scale, x, active, y):
     """y[n] += (alpha * scale[n]) * x[n] for every sample n with active[n] != 0, in y's dtype
     (as the device kernel computes it)."""
-    keep = np.asarray(active) != 0
-    factor = (y.dtype.type(alpha) * scale.astype(y.dtype)).reshape((-1,) + (1,) * (x.ndim - 1))
-    y[keep] += (factor * x)[keep]
+    factor = y.dtype.type(alpha) * scale.astype(y.dtype)
+    for n in np.flatnonzero(np.asarray(active) != 0):  # in place, a sample at a time
+        y[n] += factor[n] * x[n]
     return y
 
 
