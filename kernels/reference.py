@@ -176,13 +176,14 @@ def masked_axpy(alpha, scale, x, active, y):
 def sample_scale(grad, method, eps, out):
     """out[n] = 1 / (sqrt(mean(grad[n]**2)) + eps) ("rms"), or 1 / max(mean(|grad[n]|), eps)
     ("mean_abs"): the factor that normalises each sample's gradient."""
-    g = grad.reshape(len(grad), -1).astype(np.float64)
-    if method == "rms":
-        out[...] = 1.0 / (np.sqrt(np.mean(g * g, axis=1)) + eps)
-    elif method == "mean_abs":
-        out[...] = 1.0 / np.maximum(np.mean(np.abs(g), axis=1), eps)
-    else:
+    if method not in SCALE_METHODS:
         raise ValueError(f"unknown gradient scale {method!r}: use one of {', '.join(SCALE_METHODS)}")
+    for n in range(len(grad)):  # a sample at a time: its float64 copy stays in cache
+        g = grad[n].reshape(-1).astype(np.float64)
+        if method == "rms":
+            out[n] = 1.0 / (np.sqrt(np.mean(g * g)) + eps)
+        else:
+            out[n] = 1.0 / np.maximum(np.mean(np.abs(g)), eps)
     return out
 
 
