@@ -30,6 +30,15 @@ def random_layer(rng, n, h, w, ci, co):
     return x, kernel, rng.standard_normal(co).astype(np.float32)
 
 
+def reference_pass(x, kernel, bias, relu, transposed, shape):
+    """The float64 reference of one layer pass with pad (1, 1): its forward ([relu](bias + x (*)
+    kernel)), or with ``transposed`` its input gradient for grad_out = x; shaped ``shape``."""
+    x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
+    if transposed:
+        return ref.conv2d_backward_input(x64, k64, (1, 1), np.empty(shape))
+    return ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), relu, np.empty(shape))
+
+
 # (batch, h, w, c_in, c_out, pad)
 CASES = [
     (1, 5, 7, 3, 5, 1),
@@ -261,12 +270,7 @@ def test_result_does_not_depend_on_the_number_of_workers(monkeypatch, shape, dir
         results.append(out)
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
-    x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
-    if transposed:
-        expected = ref.conv2d_backward_input(x64, k64, (1, 1), np.empty(results[0].shape))
-    else:
-        expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), True, np.empty(results[0].shape))
-    assert rel_err(results[0], expected) < TOL[4]
+    assert rel_err(results[0], reference_pass(x, kernel, bias, True, transposed, results[0].shape)) < TOL[4]
     winograd.clear_kernel_cache()
 
 
@@ -349,12 +353,7 @@ def test_a_deep_layer_groups_whole_images_within_max_group_bytes(monkeypatch, tr
     winograd.conv_winograd(x, kernel, bias, (1, 1), False, grouped, transposed)
     assert len(asked) == 2 * 2 and max(asked) <= 150 << 10  # two chunks of two images
     np.testing.assert_array_equal(grouped, whole)
-    x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
-    if transposed:
-        expected = ref.conv2d_backward_input(x64, k64, (1, 1), np.empty(whole.shape))
-    else:
-        expected = ref.conv2d_forward(x64, k64, bias.astype(np.float64), (1, 1), False, np.empty(whole.shape))
-    assert rel_err(grouped, expected) < TOL[2]
+    assert rel_err(grouped, reference_pass(x, kernel, bias, False, transposed, whole.shape)) < TOL[2]
     winograd.clear_kernel_cache()
 
 
@@ -392,10 +391,5 @@ def test_one_chunk_layer_shares_its_passes_between_workers_to_the_same_bits(monk
         outs.append(out)
     assert ranges[0] == (0, 36) and len(ranges) > 2 and ranges[1][0] == 0 and ranges[-1][1] == 36
     np.testing.assert_array_equal(outs[1], outs[0])
-    s64, k64 = source.astype(np.float64), kernel.astype(np.float64)
-    if transposed:
-        expected = ref.conv2d_backward_input(s64, k64, (1, 1), np.empty(outs[0].shape))
-    else:
-        expected = ref.conv2d_forward(s64, k64, bias.astype(np.float64), (1, 1), False, np.empty(outs[0].shape))
-    assert rel_err(outs[1], expected) < TOL[4]
+    assert rel_err(outs[1], reference_pass(source, kernel, bias, False, transposed, outs[0].shape)) < TOL[4]
     winograd.clear_kernel_cache()
