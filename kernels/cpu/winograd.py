@@ -377,7 +377,8 @@ def conv_winograd(x, kernel, bias, pad, relu, out, transposed=False, m=None):
 
 def _shared(share, units, work):
     """work(lo, hi) over [0, units): in one call, or (``share``, from outside the workers) in one
-    near-equal range per worker. For element-wise work, whose values do not depend on the ranges."""
+    near-equal range per worker. For work whose values do not depend on the ranges (element-wise
+    passes, one GEMM per position)."""
     workers = _threads.workers()
     if not share or workers == 1 or units < 2:
         work(0, units)
@@ -398,15 +399,4 @@ def _gemms(v, u, out, share, segment, columns=False):
     at 224 px (interleaved A/B). Each GEMM is the same call either way, so the result does not
     depend on the workers.
     """
-    positions = v.shape[0]
-    workers = _threads.workers()
-    if not share or workers == 1:
-        _batch.segmented_matmul(v, u, out, segment, columns)
-        return
-    run = -(-positions // workers)
-
-    def part(k0):
-        k1 = k0 + run
-        _batch.segmented_matmul(v[k0:k1], u[k0:k1], out[k0:k1], segment, columns)
-
-    _threads.run_chunks(part, range(0, positions, run))
+    _shared(share, v.shape[0], lambda k0, k1: _batch.segmented_matmul(v[k0:k1], u[k0:k1], out[k0:k1], segment, columns))
